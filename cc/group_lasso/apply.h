@@ -1,0 +1,140 @@
+// Host-side drivers of the row step: dense (every row) and sparse (the rows
+// named by a list of ids, duplicates summed). Framework-free: the TensorFlow
+// CPU kernels pass TensorFlow's intra-op thread pool as `parallel_for`, the
+// pybind11 module a serial loop.
+#ifndef GROUP_LASSO_TF_CC_GROUP_LASSO_APPLY_H_
+#define GROUP_LASSO_TF_CC_GROUP_LASSO_APPLY_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "group_lasso/prox.h"
+
+namespace group_lasso {
+
+// Everything a row step needs besides the row itself.
+template <typename Rule, typename T>
+struct StepConfig {
+  typename Rule::template Params<T> params;
+  Thresholds<T> thresholds;
+};
+
+template <typename Rule, typename T>
+StepConfig<Rule, T> MakeStepConfig(T lr, T l1, T l21, T l2, const T* hyper,
+                                   bool nesterov, int64_t d) {
+  return {Rule::MakeParams(lr, hyper, nesterov),
+          Rule::MakeThresholds(lr, l1, l21, l2, hyper, d)};
+}
+
+// Rough cost of one row step in cycles, for TensorFlow's work sharder.
+template <typename Rule>
+int64_t RowCost(int64_t d) {
+  return d * (8 * (Rule::kNumSlots + 2) + 40) + 50;
+}
+
+// Position of the first id outside [0, num_rows), or -1 if all are valid.
+template <typename Tindex>
+int64_t FirstOutOfRange(const Tindex* ids, int64_t n, int64_t num_rows) {
+  for (int64_t i = 0; i < n; ++i) {
+    // One unsigned comparison catches negative ids too.
+    if (static_cast<uint64_t>(static_cast<int64_t>(ids[i])) >=
+        static_cast<uint64_t>(num_rows)) {
+      return i;
+    }
+  }
+  return -1;
+}
+
+// The distinct ids of a batch and, for each, the positions of its gradient
+// rows (CSR layout: positions[starts[u] .. starts[u+1]) belong to ids[u]).
+// Positions keep their original order, so duplicate sums are deterministic.
+template <typename Tindex>
+struct IdGroups {
+  std::vector<Tindex> ids;
+  std::vector<int64_t> starts;
+  std::vector<int64_t> positions;
+  int64_t size() const { return static_cast<int64_t>(ids.size()); }
+};
+
+template <typename Tindex>
+IdGroups<Tindex> GroupIds(const Tindex* ids, int64_t n) {
+  IdGroups<Tindex> groups;
+  groups.positions.resize(n);
+  std::iota(groups.positions.begin(), groups.positions.end(), int64_t{0});
+  // Sorting positions by id is a single O(n log n) pass for a few thousand
+  // ids; it also gives rows in increasing address order, which helps the
+  // cache and the hardware prefetcher when the rows are updated.
+  std::stable_sort(groups.positions.begin(), groups.positions.end(),
+                   [ids](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+  groups.starts.reserve(n + 1);
+  for (int64_t k = 0; k < n; ++k) {
+    const Tindex id = ids[groups.positions[k]];
+    if (k == 0 || id != groups.ids.back()) {
+      groups.ids.push_back(id);
+      groups.starts.push_back(k);
+    }
+  }
+  groups.starts.push_back(n);
+  return groups;
+}
+
+// Dense step: every row of a [num_rows, d] variable.
+template <typename Rule, typename T, typename ParallelFor>
+void ApplyDense(const StepConfig<Rule, T>& config, int64_t num_rows, int64_t d,
+                T* var, T* const* slots, const T* grad,
+                ParallelFor&& parallel_for) {
+  parallel_for(num_rows, RowCost<Rule>(d), [&](int64_t begin, int64_t end) {
+    T* row_slots[Rule::kNumSlots];
+    for (int64_t r = begin; r < end; ++r) {
+      for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = slots[k] + r * d;
+      UpdateRow<Rule>(config.params, config.thresholds, d, var + r * d,
+                      row_slots, grad + r * d);
+    }
+  });
+}
+
+// Sparse step: the rows named in `groups`; gradient row i of `grad` belongs
+// to id ids[i]. Ids must have been range-checked (FirstOutOfRange) first.
+template <typename Rule, typename T, typename Tindex, typename ParallelFor>
+void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
+                 T* const* slots, const T* grad, const IdGroups<Tindex>& groups,
+                 ParallelFor&& parallel_for) {
+  parallel_for(groups.size(), RowCost<Rule>(d), [&](int64_t begin,
+                                                    int64_t end) {
+    T* row_slots[Rule::kNumSlots];
+    std::vector<T> summed;  // only allocated when a shard meets a duplicate
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t first = groups.starts[u];
+      const int64_t last = groups.starts[u + 1];
+      const T* g = grad + groups.positions[first] * d;
+      if (last - first > 1) {
+        summed.assign(g, g + d);
+        for (int64_t k = first + 1; k < last; ++k) {
+          const T* gk = grad + groups.positions[k] * d;
+          for (int64_t j = 0; j < d; ++j) summed[j] += gk[j];
+        }
+        g = summed.data();
+      }
+      const int64_t row = static_cast<int64_t>(groups.ids[u]);
+      for (int k = 0; k < Rule::kNumSlots; ++k) {
+        row_slots[k] = slots[k] + row * d;
+      }
+      UpdateRow<Rule>(config.params, config.thresholds, d, var + row * d,
+                      row_slots, g);
+    }
+  });
+}
+
+// A parallel_for that runs everything on the calling thread.
+struct SerialFor {
+  template <typename Fn>
+  void operator()(int64_t total, int64_t, Fn&& fn) const {
+    if (total > 0) fn(0, total);
+  }
+};
+
+}  // namespace group_lasso
+
+#endif  // GROUP_LASSO_TF_CC_GROUP_LASSO_APPLY_H_

@@ -1,0 +1,39 @@
+// Device functors of the group-lasso training ops, TensorFlow's functor
+// pattern: declared here for any Device, specialized for the CPU in
+// group_lasso_kernels.cc and for the GPU in group_lasso_kernels.cu.cc. The
+// math itself lives once, in cc/group_lasso/.
+#ifndef GROUP_LASSO_TF_CC_KERNELS_GROUP_LASSO_FUNCTORS_H_
+#define GROUP_LASSO_TF_CC_KERNELS_GROUP_LASSO_FUNCTORS_H_
+
+#include <cstdint>
+
+#include "group_lasso/apply.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace group_lasso_tf {
+namespace functor {
+
+// Every row of var ([rows, dim]) and of its slots, in place.
+template <typename Device, typename T, typename Rule>
+struct ApplyDense {
+  void operator()(::tensorflow::OpKernelContext* ctx,
+                  const group_lasso::StepConfig<Rule, T>& config,
+                  int64_t rows, int64_t dim, T* var, T* const* slots,
+                  const T* grad);
+};
+
+// The rows named by ids (n of them, duplicates summed). Fails with
+// InvalidArgument, before writing anything, if an id is outside [0, rows).
+template <typename Device, typename T, typename Tindex, typename Rule>
+struct ApplySparse {
+  ::tensorflow::Status operator()(
+      ::tensorflow::OpKernelContext* ctx,
+      const group_lasso::StepConfig<Rule, T>& config, int64_t rows,
+      int64_t dim, T* var, T* const* slots, const T* grad, const Tindex* ids,
+      int64_t n);
+};
+
+}  // namespace functor
+}  // namespace group_lasso_tf
+
+#endif  // GROUP_LASSO_TF_CC_KERNELS_GROUP_LASSO_FUNCTORS_H_
