@@ -1,0 +1,224 @@
+// group_lasso_tf._core: the C++ row step (cc/group_lasso) over NumPy arrays,
+// without TensorFlow. Arrays are updated in place.
+//
+//   _core.apply_dense(rule, var, slots, grad, lr, l1, l21, l2, hyper,
+//                     nesterov=False)
+//   _core.apply_sparse(rule, var, slots, grad, indices, lr, l1, l21, l2,
+//                      hyper, nesterov=False)
+//
+// `rule` is one of RULES ("adam", "amsgrad", "adagrad", "momentum", "ftrl");
+// `slots` lists the rule's slots in op order (linear last); `hyper` lists its
+// hyperparameters in op order (HYPER_NAMES[rule]). Everything is validated
+// before any array is written; errors are ValueError/TypeError naming the
+// argument.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "group_lasso/apply.h"
+#include "group_lasso/checks.h"
+
+namespace py = pybind11;
+
+namespace {
+
+std::string ShapeString(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    s += std::to_string(a.shape(i));
+    if (i + 1 < a.ndim() || a.ndim() == 1) s += ",";
+    if (i + 1 < a.ndim()) s += " ";
+  }
+  return s + ")";
+}
+
+bool SameShape(const py::array& a, const py::array& b) {
+  if (a.ndim() != b.ndim()) return false;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (a.shape(i) != b.shape(i)) return false;
+  }
+  return true;
+}
+
+// The variable and its slots: same dtype T, same shape, C-contiguous,
+// writeable (they are updated in place, so no silent copies are allowed).
+template <typename T>
+T* WritableData(py::array& a, const std::string& name) {
+  if (!py::isinstance<py::array_t<T>>(a) ||
+      !a.dtype().is(py::dtype::of<T>())) {
+    throw py::type_error(name + " must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(a.dtype())));
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(name + " must be C-contiguous (it is updated in place)");
+  }
+  if (!a.writeable()) {
+    throw py::value_error(name + " must be writeable (it is updated in place)");
+  }
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <typename Rule, typename T>
+void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
+           py::object indices_in, double lr, double l1, double l21, double l2,
+           std::vector<double> hyper_in, bool nesterov) {
+  const bool sparse = !indices_in.is_none();
+  if (static_cast<int>(slots.size()) != Rule::kNumSlots) {
+    throw py::value_error("slots must hold " + std::to_string(Rule::kNumSlots) +
+                          " arrays, got " + std::to_string(slots.size()));
+  }
+  if (static_cast<int>(hyper_in.size()) != Rule::kNumHyper) {
+    throw py::value_error("hyper must hold " + std::to_string(Rule::kNumHyper) +
+                          " values, got " + std::to_string(hyper_in.size()));
+  }
+  T* var_data = WritableData<T>(var, "var");
+  T* slot_data[Rule::kNumSlots];
+  for (int k = 0; k < Rule::kNumSlots; ++k) {
+    const std::string name = std::string("slots[") + std::to_string(k) + "]";
+    slot_data[k] = WritableData<T>(slots[k], name);
+    if (!SameShape(slots[k], var)) {
+      throw py::value_error(name + " must have the shape of var " +
+                            ShapeString(var) + ", got " + ShapeString(slots[k]));
+    }
+  }
+  T hyper[Rule::kNumHyper > 0 ? Rule::kNumHyper : 1];
+  for (int k = 0; k < Rule::kNumHyper; ++k) hyper[k] = static_cast<T>(hyper_in[k]);
+  const std::string bad = group_lasso::CheckHyper<Rule, T>(
+      static_cast<T>(lr), static_cast<T>(l1), static_cast<T>(l21),
+      static_cast<T>(l2), hyper);
+  if (!bad.empty()) throw py::value_error(bad);
+
+  // The gradient may be any float array; it is converted (never written).
+  auto grad = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(grad_in);
+  if (!grad) throw py::type_error("grad must be a numeric array");
+  const int64_t rows = var.ndim() == 0 ? 1 : var.shape(0);
+  const int64_t dim = rows == 0 ? 0 : var.size() / rows;
+
+  if (!sparse) {
+    if (!SameShape(grad, var)) {
+      throw py::value_error("grad must have the shape of var " + ShapeString(var) +
+                            ", got " + ShapeString(grad));
+    }
+    if (rows == 0 || dim == 0) return;
+    const auto config = group_lasso::MakeStepConfig<Rule, T>(
+        lr, l1, l21, l2, hyper, nesterov, dim);
+    const T* g = grad.data();
+    py::gil_scoped_release release;
+    group_lasso::ApplyDense(config, rows, dim, var_data, slot_data, g,
+                            group_lasso::SerialFor());
+    return;
+  }
+
+  py::array indices_arr = py::array::ensure(indices_in);
+  if (!indices_arr || indices_arr.ndim() != 1 ||
+      (!indices_arr.dtype().is(py::dtype::of<int32_t>()) &&
+       !indices_arr.dtype().is(py::dtype::of<int64_t>()))) {
+    throw py::type_error("indices must be a 1-D array of int32 or int64");
+  }
+  auto indices = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(indices_arr);
+  const int64_t n = indices.shape(0);
+  if (var.ndim() < 1) throw py::value_error("var must have rank >= 1 for a sparse update");
+  bool grad_ok = grad.ndim() == var.ndim() && grad.shape(0) == n;
+  for (py::ssize_t i = 1; grad_ok && i < var.ndim(); ++i) {
+    grad_ok = grad.shape(i) == var.shape(i);
+  }
+  if (!grad_ok) {
+    throw py::value_error("grad must have shape [len(indices)] + var.shape[1:], got " +
+                          ShapeString(grad) + " for var " + ShapeString(var) +
+                          " and " + std::to_string(n) + " indices");
+  }
+  const int64_t* ids = indices.data();
+  const int64_t bad_pos = group_lasso::FirstOutOfRange(ids, n, rows);
+  if (bad_pos >= 0) {
+    throw py::value_error("indices[" + std::to_string(bad_pos) + "] = " +
+                          std::to_string(ids[bad_pos]) + " is not in [0, " +
+                          std::to_string(rows) + ")");
+  }
+  if (n == 0 || dim == 0) return;
+  const auto config = group_lasso::MakeStepConfig<Rule, T>(
+      lr, l1, l21, l2, hyper, nesterov, dim);
+  const T* g = grad.data();
+  py::gil_scoped_release release;
+  const auto groups = group_lasso::GroupIds(ids, n);
+  group_lasso::ApplySparse(config, dim, var_data, slot_data, g, groups,
+                           group_lasso::SerialFor());
+}
+
+template <typename Rule>
+void Dispatch(py::array var, std::vector<py::array> slots, py::array grad,
+              py::object indices, double lr, double l1, double l21, double l2,
+              std::vector<double> hyper, bool nesterov) {
+  if (var.dtype().is(py::dtype::of<float>())) {
+    Apply<Rule, float>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+  } else if (var.dtype().is(py::dtype::of<double>())) {
+    Apply<Rule, double>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+  } else {
+    throw py::type_error("var must have dtype float32 or float64, got " +
+                         std::string(py::str(var.dtype())));
+  }
+}
+
+void ApplyByName(const std::string& rule, py::array var,
+                 std::vector<py::array> slots, py::array grad,
+                 py::object indices, double lr, double l1, double l21,
+                 double l2, std::vector<double> hyper, bool nesterov) {
+  if (rule == "adam") {
+    Dispatch<group_lasso::AdamRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+  } else if (rule == "amsgrad") {
+    Dispatch<group_lasso::AMSGradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+  } else if (rule == "adagrad") {
+    Dispatch<group_lasso::AdagradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+  } else if (rule == "momentum") {
+    Dispatch<group_lasso::MomentumRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+  } else if (rule == "ftrl") {
+    Dispatch<group_lasso::FtrlRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+  } else {
+    throw py::value_error("rule must be one of adam, amsgrad, adagrad, momentum, ftrl; got " + rule);
+  }
+}
+
+template <typename Rule>
+std::vector<std::string> HyperNames() {
+  return std::vector<std::string>(Rule::kHyperNames, Rule::kHyperNames + Rule::kNumHyper);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "The group-lasso row step of cc/group_lasso over NumPy arrays, in place.";
+  m.attr("RULES") = py::make_tuple("adam", "amsgrad", "adagrad", "momentum", "ftrl");
+  py::dict hyper_names;
+  hyper_names["adam"] = HyperNames<group_lasso::AdamRule>();
+  hyper_names["amsgrad"] = HyperNames<group_lasso::AMSGradRule>();
+  hyper_names["adagrad"] = HyperNames<group_lasso::AdagradRule>();
+  hyper_names["momentum"] = HyperNames<group_lasso::MomentumRule>();
+  hyper_names["ftrl"] = HyperNames<group_lasso::FtrlRule>();
+  m.attr("HYPER_NAMES") = hyper_names;
+  m.def(
+      "apply_dense",
+      [](const std::string& rule, py::array var, std::vector<py::array> slots,
+         py::array grad, double lr, double l1, double l21, double l2,
+         std::vector<double> hyper, bool nesterov) {
+        ApplyByName(rule, var, slots, grad, py::none(), lr, l1, l21, l2, hyper, nesterov);
+      },
+      py::arg("rule"), py::arg("var"), py::arg("slots"), py::arg("grad"),
+      py::arg("lr"), py::arg("l1"), py::arg("l21"), py::arg("l2"),
+      py::arg("hyper"), py::arg("nesterov") = false,
+      "One step on every row of var (and its slots), in place.");
+  m.def(
+      "apply_sparse",
+      [](const std::string& rule, py::array var, std::vector<py::array> slots,
+         py::array grad, py::object indices, double lr, double l1, double l21,
+         double l2, std::vector<double> hyper, bool nesterov) {
+        ApplyByName(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+      },
+      py::arg("rule"), py::arg("var"), py::arg("slots"), py::arg("grad"),
+      py::arg("indices"), py::arg("lr"), py::arg("l1"), py::arg("l21"),
+      py::arg("l2"), py::arg("hyper"), py::arg("nesterov") = false,
+      "One lazy step on the rows named by indices (duplicates summed), in place.");
+}

@@ -1,0 +1,77 @@
+"""Loads the fused op library once and says clearly why when it cannot.
+
+`fused_ops()` returns the loaded module of custom ops, or None when the
+library is missing, fails to load, or was built against another TensorFlow
+version; in those cases one warning says why and how to rebuild, and the
+optimizers run on `group_lasso_tf.reference`, the same math in plain
+TensorFlow ops. Set GROUP_LASSO_TF_DISABLE_OPS=1 to force that fallback.
+"""
+
+import glob
+import os
+import threading
+import warnings
+
+import tensorflow as tf
+
+_LIB_DIR = os.path.dirname(os.path.abspath(__file__))
+_REBUILD = "rebuild it with `pip install --force-reinstall --no-deps .` in the source tree"
+
+_lock = threading.Lock()
+_state = {"loaded": False, "module": None, "reason": None}
+
+
+def library_path():
+    """Path of the compiled op library next to this file, or None."""
+    paths = sorted(glob.glob(os.path.join(_LIB_DIR, "_ops*.so")))
+    return paths[0] if paths else None
+
+
+def _load():
+    if os.environ.get("GROUP_LASSO_TF_DISABLE_OPS") == "1":
+        return None, "GROUP_LASSO_TF_DISABLE_OPS=1 is set"
+    path = library_path()
+    if path is None:
+        return None, f"the op library was not built (no _ops*.so in {_LIB_DIR}); {_REBUILD}"
+    try:
+        from group_lasso_tf import _build_info
+    except ImportError:
+        _build_info = None
+    built_for = getattr(_build_info, "TF_VERSION", None)
+    if built_for is not None and built_for != tf.__version__:
+        return None, (
+            f"the op library was built for TensorFlow {built_for} but TensorFlow "
+            f"{tf.__version__} is installed; {_REBUILD}"
+        )
+    try:
+        return tf.load_op_library(path), None
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, f"the op library {os.path.basename(path)} failed to load ({first_line}); {_REBUILD}"
+
+
+def fused_ops():
+    """The loaded op module, or None (after one warning) if it is unusable."""
+    if not _state["loaded"]:
+        with _lock:
+            if not _state["loaded"]:
+                module, reason = _load()
+                _state.update(loaded=True, module=module, reason=reason)
+                if reason is not None and os.environ.get("GROUP_LASSO_TF_DISABLE_OPS") != "1":
+                    warnings.warn(
+                        f"group_lasso_tf: using the pure-TensorFlow fallback: {reason}.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+    return _state["module"]
+
+
+def fused_available():
+    """True when the fused C++ ops are loaded and will be used."""
+    return fused_ops() is not None
+
+
+def unavailable_reason():
+    """Why the fused ops are not used, or None when they are."""
+    fused_ops()
+    return _state["reason"]

@@ -1,0 +1,277 @@
+"""Shared Keras plumbing of the group-lasso optimizers.
+
+Each optimizer is a `keras.optimizers.Optimizer` whose `update_step` makes
+one call: the fused C++ op of its rule (dense, or sparse for
+`tf.IndexedSlices`), or `group_lasso_tf.reference` inside XLA or without the
+op library. Subclasses declare the rule, their slots and their
+hyperparameters; everything else (strengths, which variables are
+regularized, slot creation, dispatch, config) lives here.
+"""
+
+import math
+import numbers
+import re
+
+import keras
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+from group_lasso_tf import ops as _ops
+from group_lasso_tf import reference
+
+_SUPPORTED_DTYPES = (tf.float32, tf.float64)
+
+# Python names TensorFlow generates for the ops ResourceApplyGroup<Name>.
+_OP_SUFFIX = {
+    "adam": "adam",
+    "amsgrad": "ams_grad",
+    "adagrad": "adagrad",
+    "momentum": "momentum",
+    "ftrl": "ftrl",
+}
+
+base_group_lasso_keyword_args = """l1: Non-negative float, the L1 strength (element-wise sparsity).
+            Defaults to `0.0`.
+        l21: Non-negative float, the group-lasso strength: each row of a
+            regularized variable (an embedding row, the outgoing weights of
+            one input unit of a `Dense` kernel) is penalized by
+            `l21 * sqrt(d) * ||row||_2` and can become exactly zero.
+            Defaults to `0.0`.
+        l2: Non-negative float, the ridge strength (penalty `l2 * ||x||^2`).
+            Defaults to `0.0`.
+        lazy: Boolean. If `True` (default), a `tf.IndexedSlices` gradient
+            (an embedding's) updates only the rows it names, their slots
+            included; other rows' moments do not decay. If `False`, sparse
+            gradients are densified (Keras's own semantics).
+        unregularized: Optional list of regular expressions; variables whose
+            path or name matches one (`re.search`) get the plain update (all
+            strengths zero). See also `exclude_from_regularization()`.
+        regularize_vectors: Boolean. Variables of rank 0 and 1 (biases,
+            scalars) get the plain update unless this is `True`, in which case
+            each of their elements is its own group. Defaults to `False`.
+        use_locking: Boolean. If `True` (default), an update holds the
+            variable's lock exclusively, so concurrent updates of one table
+            (parameter servers, several workers) are serialized."""
+
+
+def _check_strength(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a non-negative float, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}")
+    return float(value)
+
+
+def hyper_tensor(value, dtype):
+    """A hyperparameter as a scalar tensor of `dtype`.
+
+    Python numbers are converted directly to `dtype` (0.9 stays 0.9 in
+    float64; `tf.cast(0.9, tf.float64)` would round it through float32
+    first). Callables are called, as Keras allows for hyperparameters.
+    """
+    if callable(value):
+        value = value()
+    if isinstance(value, numbers.Real):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
+
+
+def _in_xla_context():
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _resource_variable(variable, what):
+    """The tf.Variable behind a Keras variable, checked to be resource-backed."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    handle = getattr(variable, "handle", None)
+    if handle is None or getattr(handle, "dtype", None) != tf.resource:
+        raise TypeError(
+            f"{what} must be a resource variable (tf.Variable / keras.Variable); "
+            f"got {type(variable).__name__}. Reference (non-resource) variables of "
+            "TF1 graphs cannot be updated in place."
+        )
+    return variable
+
+
+class GroupLassoOptimizer(keras.optimizers.Optimizer):
+    """Base class: one rule of `reference.HYPER_NAMES`, its slots, its hyperparameters.
+
+    Subclasses set `_rule` and `_slot_names` (model-variable-shaped slots in
+    the op's order, the linear slot last) and implement `_rule_hyper(dtype)`,
+    the rule's hyperparameters as tensors in the op's order.
+    """
+
+    _rule = None
+    _slot_names = ()
+
+    def __init__(
+        self,
+        learning_rate,
+        l1=0.0,
+        l21=0.0,
+        l2=0.0,
+        lazy=True,
+        unregularized=None,
+        regularize_vectors=False,
+        use_locking=True,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.l1 = _check_strength("l1", l1)
+        self.l21 = _check_strength("l21", l21)
+        self.l2 = _check_strength("l2", l2)
+        self.lazy = bool(lazy)
+        if isinstance(unregularized, str):
+            unregularized = [unregularized]
+        self.unregularized = list(unregularized or [])
+        for pattern in self.unregularized:
+            if not isinstance(pattern, str):
+                raise TypeError(f"`unregularized` must hold strings, got {pattern!r}")
+            re.compile(pattern)
+        self.regularize_vectors = bool(regularize_vectors)
+        self.use_locking = bool(use_locking)
+        self._excluded_keys = set()
+
+    # ------------------------------------------------------------ variables
+    def exclude_from_regularization(self, var_list=None, var_names=None):
+        """Give these variables the plain update (all strengths zero).
+
+        Like `exclude_from_weight_decay`: call before the optimizer is built.
+
+        Args:
+            var_list: variables to exclude.
+            var_names: strings; a variable whose path or name contains a match
+                (`re.search`) is excluded.
+        """
+        if self.built:
+            raise ValueError(
+                "`exclude_from_regularization()` can only be called before the "
+                "optimizer is built."
+            )
+        self._excluded_keys.update(self._var_key(v) for v in (var_list or []))
+        self.unregularized.extend(var_names or [])
+
+    def _is_regularized(self, variable):
+        if self._var_key(variable) in self._excluded_keys:
+            return False
+        names = [getattr(variable, "path", None), getattr(variable, "name", None)]
+        for pattern in self.unregularized:
+            if any(n is not None and re.search(pattern, n) for n in names):
+                return False
+        return len(variable.shape) >= 2 or self.regularize_vectors
+
+    def _slot_initializer(self, slot_name):
+        del slot_name
+        return "zeros"
+
+    def build(self, var_list):
+        if self.built:
+            return
+        for v in var_list:
+            if tf.as_dtype(v.dtype) not in _SUPPORTED_DTYPES:
+                raise TypeError(
+                    f"{type(self).__name__} supports float32 and float64 variables; "
+                    f"variable {getattr(v, 'path', v.name)!r} has dtype {v.dtype}. "
+                    "With mixed precision, keep variables in float32 "
+                    "(keras.mixed_precision policies such as 'mixed_float16' do)."
+                )
+        super().build(var_list)
+        self._regularized = {self._var_key(v): self._is_regularized(v) for v in var_list}
+        for slot_name in self._slot_names:
+            slots = self.add_optimizer_variables(
+                var_list, slot_name, initializer=self._slot_initializer(slot_name)
+            )
+            setattr(self, "_" + slot_name + "_slots", slots)
+
+    def get_slot(self, variable, slot_name):
+        """The optimizer variable `slot_name` (one of `_slot_names`) of `variable`."""
+        if slot_name not in self._slot_names:
+            raise ValueError(f"`slot_name` must be one of {self._slot_names}, got {slot_name!r}")
+        return getattr(self, "_" + slot_name + "_slots")[self._get_variable_index(variable)]
+
+    # --------------------------------------------------------------- update
+    def _rule_hyper(self, dtype):
+        raise NotImplementedError
+
+    def _op_attrs(self):
+        return {}
+
+    def _strengths(self, variable, dtype):
+        if self._regularized.get(self._var_key(variable), False):
+            values = (self.l1, self.l21, self.l2)
+        else:
+            values = (0.0, 0.0, 0.0)
+        return [hyper_tensor(v, dtype) for v in values]
+
+    def _local_step(self, dtype):
+        return tf.cast(self.iterations + 1, dtype)
+
+    def update_step(self, gradient, variable, learning_rate):
+        var = _resource_variable(variable, "variable")
+        dtype = var.dtype
+        slots = [
+            _resource_variable(self.get_slot(variable, name), f"slot {name!r}")
+            for name in self._slot_names
+        ]
+        lr = tf.cast(learning_rate, dtype)
+        l1, l21, l2 = self._strengths(variable, dtype)
+        hyper = self._rule_hyper(dtype)
+        if isinstance(gradient, tf.IndexedSlices) and not self.lazy:
+            gradient = tf.convert_to_tensor(gradient)
+        fused = None if _in_xla_context() else _ops.fused_ops()
+        nesterov = self._op_attrs().get("use_nesterov", False)
+
+        if isinstance(gradient, tf.IndexedSlices):
+            values = tf.cast(gradient.values, dtype)
+            indices = gradient.indices
+            if indices.dtype not in (tf.int32, tf.int64):
+                raise TypeError(f"gradient indices must be int32 or int64, got {indices.dtype}")
+            if fused is None:
+                return reference.apply_sparse(
+                    self._rule, var, slots, values, indices, lr, l1, l21, l2, hyper, nesterov
+                )
+            op = getattr(fused, f"resource_sparse_apply_group_{_OP_SUFFIX[self._rule]}")
+            return op(
+                var.handle, *[s.handle for s in slots], lr, l1, l21, l2, *hyper,
+                values, indices, use_locking=self.use_locking, **self._op_attrs(),
+            )
+        grad = tf.cast(gradient, dtype)
+        if fused is None:
+            return reference.apply_dense(
+                self._rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov
+            )
+        op = getattr(fused, f"resource_apply_group_{_OP_SUFFIX[self._rule]}")
+        return op(
+            var.handle, *[s.handle for s in slots], lr, l1, l21, l2, *hyper,
+            grad, use_locking=self.use_locking, **self._op_attrs(),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "l1": self.l1,
+                "l21": self.l21,
+                "l2": self.l2,
+                "lazy": self.lazy,
+                "unregularized": list(self.unregularized),
+                "regularize_vectors": self.regularize_vectors,
+                "use_locking": self.use_locking,
+            }
+        )
+        return config
+
+
+def fill_docstring(doc):
+    """Fills the shared argument sections into an optimizer's docstring."""
+    if doc is None:
+        return doc
+    from keras.src.optimizers import optimizer as keras_optimizer
+
+    return doc.replace("{{group_lasso_keyword_args}}", base_group_lasso_keyword_args).replace(
+        "{{base_optimizer_keyword_args}}", keras_optimizer.base_optimizer_keyword_args
+    )

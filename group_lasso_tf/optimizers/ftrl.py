@@ -1,0 +1,85 @@
+"""Group FTRL: Keras's FTRL-proximal with the group lasso added."""
+
+import keras
+import tensorflow as tf
+
+from group_lasso_tf.optimizers import base
+
+
+@keras.saving.register_keras_serializable(package="group_lasso_tf")
+class GroupFtrl(base.GroupLassoOptimizer):
+    """FTRL-proximal (Keras's `Ftrl`) with a group-lasso term `l21`.
+
+    In Keras's own units (the linear slot `z` is not scaled by the learning
+    rate `eta`), with `k = -learning_rate_power`, per row of `d` elements:
+
+        acc' = acc + g^2;   gs = g + 2 l2_shrinkage x
+        z' = z + gs - (acc'^k - acc^k) / eta x
+        s  = clip(z', -l1, l1) - z'
+        x' = 0 if ||s|| <= l21 sqrt(d), else
+             s (1 - l21 sqrt(d) / ||s||) / (acc'^k / eta + 2 (l2 + beta / (2 eta)))
+
+    With `l21 = 0` this is `keras.optimizers.Ftrl` step for step (its
+    `l1_regularization_strength` and `l2_regularization_strength` are `l1`
+    and `l2` here). This is what the paper's official code calls Group
+    Adagrad.
+
+    Args:
+        learning_rate: A float, a schedule or a callable. Defaults to `0.001`.
+        learning_rate_power: Float <= 0. Defaults to `-0.5`.
+        initial_accumulator_value: Starting value of the accumulator, >= 0.
+            Defaults to `0.1`.
+        l2_shrinkage: Float >= 0, the L2 shrinkage strength (Keras's
+            `l2_shrinkage_regularization_strength`). Defaults to `0.0`.
+        beta: Float >= 0, as Keras's `beta`. Defaults to `0.0`.
+        {{group_lasso_keyword_args}}
+        {{base_optimizer_keyword_args}}
+    """
+
+    _rule = "ftrl"
+    _slot_names = ("accumulator", "linear")
+
+    def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
+                 initial_accumulator_value=0.1, l2_shrinkage=0.0, beta=0.0,
+                 name="group_ftrl", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if initial_accumulator_value < 0.0:
+            raise ValueError(
+                "`initial_accumulator_value` must be >= 0, got "
+                f"{initial_accumulator_value}"
+            )
+        if learning_rate_power > 0.0:
+            raise ValueError(
+                f"`learning_rate_power` must be <= 0, got {learning_rate_power}"
+            )
+        self.learning_rate_power = learning_rate_power
+        self.initial_accumulator_value = initial_accumulator_value
+        self.l2_shrinkage = base._check_strength("l2_shrinkage", l2_shrinkage)
+        self.beta = base._check_strength("beta", beta)
+
+    def _slot_initializer(self, slot_name):
+        if slot_name == "accumulator":
+            return keras.initializers.Constant(self.initial_accumulator_value)
+        return "zeros"
+
+    def _rule_hyper(self, dtype):
+        return [
+            base.hyper_tensor(self.l2_shrinkage, dtype),
+            base.hyper_tensor(self.beta, dtype),
+            base.hyper_tensor(self.learning_rate_power, dtype),
+        ]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "learning_rate_power": self.learning_rate_power,
+                "initial_accumulator_value": self.initial_accumulator_value,
+                "l2_shrinkage": self.l2_shrinkage,
+                "beta": self.beta,
+            }
+        )
+        return config
+
+
+GroupFtrl.__doc__ = base.fill_docstring(GroupFtrl.__doc__)

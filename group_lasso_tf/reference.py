@@ -1,0 +1,199 @@
+"""The group-lasso step in plain TensorFlow ops.
+
+The same math as the C++ kernels (cc/group_lasso/rules.h and prox.h), used
+
+* as the fallback when the op library is missing or unusable (`ops.py`),
+* inside XLA clusters (`jit_compile=True`), where custom ops cannot run,
+* as an oracle the fused ops are tested against.
+
+Each rule takes the same inputs, in the same order, as the fused op of its
+optimizer: slots (linear last), then lr, l1, l21, l2 and the rule's own
+hyperparameters (`HYPER_NAMES`).
+"""
+
+import math
+
+import tensorflow as tf
+
+HYPER_NAMES = {
+    "adam": ("beta1_power", "beta2_power", "beta1", "beta2", "epsilon"),
+    "amsgrad": ("beta1_power", "beta2_power", "beta1", "beta2", "epsilon"),
+    "adagrad": ("epsilon",),
+    "momentum": ("momentum",),
+    "ftrl": ("l2_shrinkage", "beta", "lr_power"),
+}
+
+
+def _adam_step(g, x, slots, lr, h, nesterov):
+    del x, nesterov
+    beta1_power, beta2_power, beta1, beta2, eps = h
+    m, v = slots[0], slots[1]
+    alpha = lr * tf.sqrt(1 - beta2_power) / (1 - beta1_power)
+    p_old = tf.sqrt(v) + eps
+    m = m + (g - m) * (1 - beta1)
+    v = v + (g * g - v) * (1 - beta2)
+    return [m, v], alpha * m, p_old, tf.sqrt(v) + eps
+
+
+def _amsgrad_step(g, x, slots, lr, h, nesterov):
+    del x, nesterov
+    beta1_power, beta2_power, beta1, beta2, eps = h
+    m, v, vhat = slots[0], slots[1], slots[2]
+    alpha = lr * tf.sqrt(1 - beta2_power) / (1 - beta1_power)
+    p_old = tf.sqrt(vhat) + eps
+    m = m + (g - m) * (1 - beta1)
+    v = v + (g * g - v) * (1 - beta2)
+    vhat = tf.maximum(vhat, v)
+    return [m, v, vhat], alpha * m, p_old, tf.sqrt(vhat) + eps
+
+
+def _adagrad_step(g, x, slots, lr, h, nesterov):
+    del x, nesterov
+    (eps,) = h
+    acc = slots[0]
+    p_old = tf.sqrt(acc + eps)
+    acc = acc + g * g
+    return [acc], lr * g, p_old, tf.sqrt(acc + eps)
+
+
+def _momentum_step(g, x, slots, lr, h, nesterov):
+    del x
+    (mu,) = h
+    m = mu * slots[0] - lr * g
+    step = mu * m - lr * g if nesterov else m
+    one = tf.ones_like(g)
+    return [m], -step, one, one
+
+
+def _pow_neg(x, power):
+    # x^(-power); -0.5 (the default) is a square root, as in the C++ kernels.
+    return tf.where(tf.equal(power, -0.5), tf.sqrt(x), tf.pow(x, -power))
+
+
+def _ftrl_step(g, x, slots, lr, h, nesterov):
+    del nesterov
+    l2_shrinkage, _, lr_power = h
+    acc = slots[0]
+    p_old = _pow_neg(acc, lr_power) / lr
+    acc = acc + g * g
+    return [acc], g + 2 * l2_shrinkage * x, p_old, _pow_neg(acc, lr_power) / lr
+
+
+_STEPS = {
+    "adam": _adam_step,
+    "amsgrad": _amsgrad_step,
+    "adagrad": _adagrad_step,
+    "momentum": _momentum_step,
+    "ftrl": _ftrl_step,
+}
+
+
+def _thresholds(rule, lr, l1, l21, l2, h, d):
+    sqrt_d = tf.constant(math.sqrt(d), lr.dtype)
+    if rule == "ftrl":
+        beta = h[1]
+        return l1, l21 * sqrt_d, 2 * l2 + beta / lr
+    return lr * l1, lr * l21 * sqrt_d, 2 * lr * l2
+
+
+def row_step(rule, x, slots, g, lr, l1, l21, l2, hyper, nesterov=False):
+    """One step on a batch of rows: x, slots, g are [rows, d] tensors.
+
+    Returns the new x and the new slots (linear last), as tensors.
+    """
+    d = x.shape[-1]
+    lin = slots[-1]
+    new_moments, a, p_old, p_new = _STEPS[rule](g, x, slots[:-1], lr, hyper, nesterov)
+    if rule != "ftrl":
+        # A row never updated has an all-zero linear slot; its first update
+        # uses p_old = 0, which makes the step exact for any initial weights.
+        fresh = tf.reduce_all(tf.equal(lin, 0), axis=-1, keepdims=True)
+        p_old = tf.where(fresh, tf.zeros_like(p_old), p_old)
+    t1, t21, t2 = _thresholds(rule, lr, l1, l21, l2, hyper, d)
+    lin = lin + a - (p_new - p_old) * x
+    s = tf.clip_by_value(lin, -t1, t1) - lin
+    norm = tf.norm(s, axis=-1, keepdims=True)
+    safe_norm = tf.where(norm > 0, norm, tf.ones_like(norm))
+    factor = tf.where(
+        t21 > 0,
+        tf.where(norm <= t21, tf.zeros_like(norm), 1 - t21 / safe_norm),
+        tf.ones_like(norm),
+    )
+    x_new = tf.where(factor == 0, tf.zeros_like(s), s * factor / (p_new + t2))
+    return x_new, new_moments + [lin]
+
+
+def _as_rows(t):
+    """[rows, d] view of a tensor: rows along axis 0; a scalar is one row."""
+    if t.shape.rank == 0:
+        return tf.reshape(t, [1, 1])
+    return tf.reshape(t, [tf.shape(t)[0], -1])
+
+
+def apply_dense(rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov=False):
+    """Updates tf.Variables `var` and `slots` in place with a dense gradient."""
+    shape = tf.shape(var)
+    x = _as_rows(var.read_value())
+    if x.shape[-1] is None or 0 in x.shape:
+        return tf.no_op()
+    new_x, new_slots = row_step(
+        rule,
+        x,
+        [_as_rows(s.read_value()) for s in slots],
+        _as_rows(tf.convert_to_tensor(grad, var.dtype)),
+        lr, l1, l21, l2, hyper, nesterov,
+    )
+    updates = [s.assign(tf.reshape(t, shape)) for s, t in zip(slots, new_slots)]
+    updates.append(var.assign(tf.reshape(new_x, shape)))
+    return tf.group(updates)
+
+
+def _row_gradients(grad, indices):
+    """Each position's row gradient summed over all positions with its id.
+
+    Static shapes only (XLA clusters allow no tf.unique): sort the ids, number
+    the runs of equal ids, segment-sum into at most n segments, gather back.
+    Duplicate ids then compute identical rows, so their scatter order is moot.
+    """
+    n = tf.shape(indices)[0]
+    order = tf.argsort(indices, stable=True)
+    sorted_ids = tf.gather(indices, order)
+    is_new = tf.logical_or(
+        tf.equal(tf.range(n), 0), tf.not_equal(sorted_ids, tf.roll(sorted_ids, 1, axis=0))
+    )
+    run_sorted = tf.cumsum(tf.cast(is_new, tf.int32)) - 1
+    run_of_position = tf.gather(run_sorted, tf.argsort(order))
+    summed = tf.math.unsorted_segment_sum(grad, run_of_position, n)
+    return tf.gather(summed, run_of_position)
+
+
+def apply_sparse(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov=False):
+    """Lazy update of the rows of `var` named by `indices` (duplicates summed).
+
+    Out-of-range ids fail an assertion before anything is written; inside an
+    XLA cluster assertions are dropped by the compiler, so ids must be valid.
+    """
+    rows = tf.shape(var, out_type=indices.dtype)[0]
+    checks = [
+        tf.debugging.assert_less(indices, rows, message="indices must be < the variable's rows"),
+        tf.debugging.assert_non_negative(indices, message="indices must be >= 0"),
+    ]
+    with tf.control_dependencies(checks):
+        indices = tf.identity(indices)
+    n = tf.shape(indices)[0]
+    d = var.shape.num_elements() // var.shape[0] if var.shape[0] else 0
+    flat = lambda t: tf.reshape(t, [n, d])  # noqa: E731
+    g = flat(_row_gradients(grad, indices))
+    new_x, new_slots = row_step(
+        rule,
+        flat(tf.gather(var, indices)),
+        [flat(tf.gather(s, indices)) for s in slots],
+        g, lr, l1, l21, l2, hyper, nesterov,
+    )
+    full = tf.shape(grad)
+    updates = [
+        s.scatter_update(tf.IndexedSlices(tf.reshape(t, full), indices))
+        for s, t in zip(slots, new_slots)
+    ]
+    updates.append(var.scatter_update(tf.IndexedSlices(tf.reshape(new_x, full), indices)))
+    return tf.group(updates)

@@ -1,0 +1,130 @@
+"""Builds group_lasso_tf: the TensorFlow op library and the pybind11 module.
+
+`pip install .` compiles
+  group_lasso_tf/_ops*.so   the custom training ops (cc/ops, cc/kernels), and
+  group_lasso_tf/_core*.so  the pybind11 module over cc/group_lasso,
+against the TensorFlow installed in the interpreter that runs pip. pip's
+build isolation hides that TensorFlow from this script (and would install a
+different one if TensorFlow were a build requirement), so the flags are asked
+of the target interpreter in a subprocess with the isolation undone.
+
+Install TensorFlow first (`pip install -r requirements.txt`). Environment:
+  GROUP_LASSO_TF_SKIP_OPS=1  build without the op library (the package then
+                             runs on its pure-TensorFlow fallback path).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+from setuptools import Extension
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Compiler flags that TensorFlow's headers need to be quiet (design.md).
+TF_QUIET = ["-Wno-deprecated-declarations", "--param", "destructive-interference-size=128"]
+# -g0 last: it overrides the -g of the interpreter's own CFLAGS (the op
+# library is 8 MB with debug info, well under 1 MB without).
+CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-sign-compare", "-g0"]
+
+_PROBE = r"""
+import json, tensorflow as tf
+print(json.dumps({"version": tf.__version__,
+                  "cflags": tf.sysconfig.get_compile_flags(),
+                  "lflags": tf.sysconfig.get_link_flags()}))
+"""
+
+
+def _runtime_tensorflow():
+    """Compile/link flags of the TensorFlow the installed package will use."""
+    env = dict(os.environ)
+    # Undo pip's build isolation for the probe: it works through these.
+    for key in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONNOUSERBASE"):
+        env.pop(key, None)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, cwd="/", capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            "group_lasso_tf: cannot import TensorFlow in %s to build the op library.\n"
+            "Install it first: pip install -r requirements.txt\n"
+            "(or set GROUP_LASSO_TF_SKIP_OPS=1 to install without the op library).\n%s"
+            % (sys.executable, proc.stderr[-2000:])
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class BuildExt(build_ext):
+    """Fills in TensorFlow's flags at build time and records what was used."""
+
+    def build_extensions(self):
+        for ext in self.extensions:
+            if ext.name == "group_lasso_tf._ops":
+                tf_info = _runtime_tensorflow()
+                ext.extra_compile_args += tf_info["cflags"] + TF_QUIET
+                ext.extra_link_args += tf_info["lflags"]
+                self._tf_info = tf_info
+        super().build_extensions()
+
+    def run(self):
+        self._tf_info = None
+        super().run()
+        if self._tf_info is None:
+            return
+        # Next to the built extensions, and in the source tree for in-place
+        # and editable builds (where the package is imported from there).
+        targets = [os.path.join(self.build_lib, "group_lasso_tf")]
+        if self.inplace or getattr(self, "editable_mode", False):
+            targets.append(os.path.join(HERE, "group_lasso_tf"))
+        for target_dir in targets:
+            os.makedirs(target_dir, exist_ok=True)
+            with open(os.path.join(target_dir, "_build_info.py"), "w") as f:
+                f.write('"""Written by setup.py: what the op library was built against."""\n')
+                f.write("TF_VERSION = %r\n" % self._tf_info["version"])
+                f.write("CUDA = False\n")
+
+
+def _extensions():
+    import pybind11  # a build requirement (pyproject.toml)
+
+    exts = [
+        Extension(
+            "group_lasso_tf._core",
+            sources=["cc/python/core_module.cc"],
+            include_dirs=["cc", pybind11.get_include()],
+            extra_compile_args=list(CXX_FLAGS),
+            language="c++",
+        )
+    ]
+    if os.environ.get("GROUP_LASSO_TF_SKIP_OPS") != "1":
+        exts.append(
+            Extension(
+                "group_lasso_tf._ops",
+                sources=["cc/ops/group_lasso_ops.cc", "cc/kernels/group_lasso_kernels.cc"],
+                include_dirs=["cc"],
+                extra_compile_args=list(CXX_FLAGS),
+                language="c++",
+            )
+        )
+    return exts
+
+
+setup(
+    name="group_lasso_tf",
+    version="0.1.0",
+    description="Sparse group lasso adaptive optimizers (Yue et al., ECML-PKDD 2021) "
+    "for TensorFlow/Keras, with fused C++ ops",
+    packages=find_packages(include=["group_lasso_tf", "group_lasso_tf.*"]),
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": BuildExt},
+    python_requires=">=3.9",
+    # TensorFlow is deliberately not a requirement: the op library is compiled
+    # against whichever TensorFlow wheel (tensorflow, tensorflow-cpu) is
+    # installed, and requiring one would replace the other. See requirements.txt.
+    install_requires=["numpy"],
+    zip_safe=False,
+)

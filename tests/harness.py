@@ -1,0 +1,111 @@
+"""Calls one step of a rule through each implementation, from NumPy state.
+
+Every runner takes float64/float32 NumPy arrays and returns the new variable
+and slots as NumPy arrays, so tests can compare any implementation with the
+float64 reference of np_reference.py.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from group_lasso_tf import _core, reference
+from group_lasso_tf.ops import fused_ops
+from group_lasso_tf.optimizers.base import _OP_SUFFIX
+
+import np_reference
+
+RULES = ("adam", "amsgrad", "adagrad", "momentum", "ftrl")
+
+# Hyperparameters exactly representable in float32, so that float32 and
+# float64 runs see the same values.
+BASE_HP = {
+    "adam": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
+    "amsgrad": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
+    "adagrad": {"epsilon": 2.0**-20, "initial_accumulator_value": 0.125},
+    "momentum": {"momentum": 0.875, "nesterov": False},
+    "ftrl": {"learning_rate_power": -0.5, "l2_shrinkage": 0.0, "beta": 0.0,
+             "initial_accumulator_value": 0.125},
+}
+
+
+def hyper_list(rule, hp, t):
+    """The rule's op inputs after lr, l1, l21, l2, in op order."""
+    if rule in ("adam", "amsgrad"):
+        return [hp["beta_1"] ** t, hp["beta_2"] ** t, hp["beta_1"], hp["beta_2"], hp["epsilon"]]
+    if rule == "adagrad":
+        return [hp["epsilon"]]
+    if rule == "momentum":
+        return [hp["momentum"]]
+    return [hp["l2_shrinkage"], hp["beta"], hp["learning_rate_power"]]
+
+
+def slot_names(rule):
+    return np_reference.SLOTS[rule]
+
+
+def run_fused(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np.int32):
+    ops = fused_ops()
+    dtype = var.dtype
+    v = tf.Variable(var)
+    slots = [tf.Variable(state[k].astype(dtype)) for k in slot_names(rule)]
+    scalars = [tf.constant(x, dtype) for x in [lr, l1, l21, l2] + hyper_list(rule, hp, t)]
+    attrs = {"use_nesterov": hp["nesterov"]} if rule == "momentum" else {}
+    suffix = _OP_SUFFIX[rule]
+    if ids is None:
+        getattr(ops, f"resource_apply_group_{suffix}")(
+            v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad), **attrs)
+    else:
+        getattr(ops, f"resource_sparse_apply_group_{suffix}")(
+            v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad),
+            tf.constant(np.asarray(ids, index_dtype)), **attrs)
+    return v.numpy(), {k: s.numpy() for k, s in zip(slot_names(rule), slots)}
+
+
+def run_core(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np.int32):
+    var = var.copy()
+    slots = [state[k].astype(var.dtype).copy() for k in slot_names(rule)]
+    args = dict(lr=lr, l1=l1, l21=l21, l2=l2, hyper=hyper_list(rule, hp, t),
+                nesterov=hp.get("nesterov", False))
+    if ids is None:
+        _core.apply_dense(rule, var, slots, grad, **args)
+    else:
+        _core.apply_sparse(rule, var, slots, grad, np.asarray(ids, index_dtype), **args)
+    return var, dict(zip(slot_names(rule), slots))
+
+
+def run_reference(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t,
+                  index_dtype=np.int32, jit_compile=None):
+    dtype = var.dtype
+    v = tf.Variable(var)
+    slots = [tf.Variable(state[k].astype(dtype)) for k in slot_names(rule)]
+
+    def step():
+        scalars = [tf.constant(x, dtype) for x in [lr, l1, l21, l2]]
+        hyper = [tf.constant(x, dtype) for x in hyper_list(rule, hp, t)]
+        nesterov = hp.get("nesterov", False)
+        if ids is None:
+            return reference.apply_dense(rule, v, slots, tf.constant(grad), *scalars, hyper, nesterov)
+        return reference.apply_sparse(rule, v, slots, tf.constant(grad),
+                                      tf.constant(np.asarray(ids, index_dtype)),
+                                      *scalars, hyper, nesterov)
+
+    if jit_compile is None:
+        step()
+    else:
+        tf.function(lambda: step() and None, jit_compile=jit_compile)()
+    return v.numpy(), {k: s.numpy() for k, s in zip(slot_names(rule), slots)}
+
+
+def run_numpy(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=None):
+    if ids is None:
+        return np_reference.dense_step(rule, var, state, grad, lr, l1, l21, l2, hp, t)
+    return np_reference.sparse_step(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t)
+
+
+def rel_err(actual, expected):
+    """max |actual - expected| / max |expected| (0 when both are all zero)."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    scale = np.max(np.abs(expected)) if expected.size else 0.0
+    diff = np.max(np.abs(actual - expected)) if expected.size else 0.0
+    return diff / scale if scale > 0 else diff

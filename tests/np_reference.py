@@ -1,0 +1,118 @@
+"""float64 NumPy reference of paper.md, written from the equations alone.
+
+Independent of the package's code: one step of each optimizer on a whole
+variable (dense) or on the rows named by ids (lazy sparse, duplicates
+summed), on plain dicts of NumPy arrays. Rows are slices along axis 0.
+"""
+
+import numpy as np
+
+SLOTS = {
+    "adam": ("m", "v", "linear"),
+    "amsgrad": ("m", "v", "vhat", "linear"),
+    "adagrad": ("acc", "linear"),
+    "momentum": ("m", "linear"),
+    "ftrl": ("acc", "linear"),
+}
+
+
+def _moments(rule, g, x, state, lr, hp, t):
+    """Per-element moment rule: returns new moments, a, p_old, p_new."""
+    new = {}
+    if rule in ("adam", "amsgrad"):
+        b1, b2, eps = hp["beta_1"], hp["beta_2"], hp["epsilon"]
+        m, v = state["m"], state["v"]
+        new["m"] = b1 * m + (1 - b1) * g
+        new["v"] = b2 * v + (1 - b2) * g * g
+        a = lr * np.sqrt(1 - b2**t) / (1 - b1**t) * new["m"]
+        if rule == "adam":
+            p_old, p_new = np.sqrt(v) + eps, np.sqrt(new["v"]) + eps
+        else:
+            new["vhat"] = np.maximum(state["vhat"], new["v"])
+            p_old, p_new = np.sqrt(state["vhat"]) + eps, np.sqrt(new["vhat"]) + eps
+    elif rule == "adagrad":
+        eps = hp["epsilon"]
+        new["acc"] = state["acc"] + g * g
+        a = lr * g
+        p_old, p_new = np.sqrt(state["acc"] + eps), np.sqrt(new["acc"] + eps)
+    elif rule == "momentum":
+        mu = hp["momentum"]
+        new["m"] = mu * state["m"] - lr * g
+        a = -(mu * new["m"] - lr * g) if hp.get("nesterov") else -new["m"]
+        p_old = p_new = np.ones_like(g)
+    elif rule == "ftrl":
+        k = -hp["learning_rate_power"]
+        new["acc"] = state["acc"] + g * g
+        a = g + 2 * hp["l2_shrinkage"] * x
+        p_old, p_new = state["acc"] ** k / lr, new["acc"] ** k / lr
+    else:
+        raise ValueError(rule)
+    return new, a, p_old, p_new
+
+
+def row_step(rule, x, state, g, lr, l1, l21, l2, hp, t):
+    """One step on a single row (1-D arrays). Returns (x', state')."""
+    d = x.size
+    lin = state["linear"]
+    new, a, p_old, p_new = _moments(rule, g, x, state, lr, hp, t)
+    if rule == "ftrl":
+        t1, t21, t2 = l1, l21 * np.sqrt(d), 2 * (l2 + hp["beta"] / (2 * lr))
+    else:
+        if np.all(lin == 0):  # a row never updated
+            p_old = np.zeros_like(p_old)
+        t1, t21, t2 = lr * l1, lr * l21 * np.sqrt(d), 2 * lr * l2
+    lin = lin + a - (p_new - p_old) * x
+    s = np.clip(lin, -t1, t1) - lin
+    norm = np.linalg.norm(s)
+    if t21 > 0 and norm <= t21:
+        x_new = np.zeros_like(x)
+    elif t21 > 0:
+        x_new = s * (1 - t21 / norm) / (p_new + t2)
+    else:
+        x_new = s / (p_new + t2)
+    new["linear"] = lin
+    return x_new, new
+
+
+def _rows(a):
+    return a.reshape(a.shape[0] if a.ndim else 1, -1)
+
+
+def dense_step(rule, var, state, grad, lr, l1, l21, l2, hp, t):
+    """Returns (var', state') for a dense gradient; inputs are not modified."""
+    var = np.array(var, np.float64)
+    state = {k: np.array(v, np.float64) for k, v in state.items()}
+    xs, gs = _rows(var), _rows(np.asarray(grad, np.float64))
+    ss = {k: _rows(v) for k, v in state.items()}
+    for r in range(xs.shape[0]):
+        x_new, new = row_step(rule, xs[r].copy(), {k: v[r].copy() for k, v in ss.items()},
+                              gs[r], lr, l1, l21, l2, hp, t)
+        xs[r] = x_new
+        for k in ss:
+            ss[k][r] = new[k]
+    return var, state
+
+
+def sparse_step(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t):
+    """Lazy step on the rows named by ids (duplicates summed)."""
+    var = np.array(var, np.float64)
+    state = {k: np.array(v, np.float64) for k, v in state.items()}
+    grad = np.asarray(grad, np.float64).reshape(len(ids), int(np.prod(var.shape[1:])))
+    xs = _rows(var)
+    ss = {k: _rows(v) for k, v in state.items()}
+    for row in np.unique(ids):
+        g = grad[np.asarray(ids) == row].sum(axis=0)
+        x_new, new = row_step(rule, xs[row].copy(), {k: v[row].copy() for k, v in ss.items()},
+                              g, lr, l1, l21, l2, hp, t)
+        xs[row] = x_new
+        for k in ss:
+            ss[k][row] = new[k]
+    return var, state
+
+
+def initial_state(rule, shape, hp):
+    """Slots at their starting values."""
+    state = {k: np.zeros(shape) for k in SLOTS[rule]}
+    if rule in ("adagrad", "ftrl"):
+        state["acc"] = np.full(shape, hp["initial_accumulator_value"], np.float64)
+    return state

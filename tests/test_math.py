@@ -1,0 +1,154 @@
+"""Every implementation of the step against the float64 NumPy reference.
+
+Implementations: the fused TF ops (dense, sparse int32/int64 ids), the
+pybind11 module, reference.py eagerly and inside an XLA cluster. Inputs are
+fresh random every run (see conftest.py for the seed). Sparse sequences
+contain duplicate ids, rows first touched late, and an empty batch; the
+strengths are chosen so that rows go to exactly zero while others survive.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+
+import harness
+import np_reference
+
+IMPLS = {
+    "fused": harness.run_fused,
+    "core": harness.run_core,
+    "reference": harness.run_reference,
+    "reference_xla": functools.partial(harness.run_reference, jit_compile=True),
+}
+
+
+def make_problem(rng, rule, rows=16, dim=6):
+    """Rows of very different scales, so a group threshold zeroes some only."""
+    row_scale = 10.0 ** rng.uniform(-3, 0.5, size=(rows, 1))
+    row_scale[0], row_scale[1] = 30.0, 1e-4  # one row that survives, one that goes
+    var = rng.normal(size=(rows, dim)) * row_scale
+    hp = dict(harness.BASE_HP[rule])
+    if rule == "momentum":
+        hp["nesterov"] = bool(rng.integers(2))
+    lr = float(rng.uniform(0.05, 0.3))
+    if rule == "ftrl":
+        hp.update(l2_shrinkage=float(rng.uniform(0, 0.1)), beta=float(rng.uniform(0, 0.5)),
+                  learning_rate_power=float(rng.choice([-0.5, -0.25])))
+        strengths = dict(l1=float(rng.uniform(0, 0.05)), l21=float(rng.uniform(0.05, 0.2)),
+                         l2=float(rng.uniform(0, 0.1)))
+    else:
+        l21_range = (0.01, 0.04) if rule in ("adam", "amsgrad") else (0.1, 0.4)
+        strengths = dict(l1=float(rng.uniform(0, 0.05)), l21=float(rng.uniform(*l21_range)),
+                         l2=float(rng.uniform(0, 0.1)))
+    state = np_reference.initial_state(rule, var.shape, hp)
+    return var, state, hp, lr, strengths, row_scale
+
+
+def step_inputs(rng, step, rows, dim, row_scale, sparse):
+    """Gradient (and ids) of one step; ids reach further rows as steps go on."""
+    if not sparse:
+        return rng.normal(size=(rows, dim)) * row_scale, None
+    if step == 3:
+        return np.zeros((0, dim)), np.zeros((0,), np.int64)  # an empty batch
+    reach = min(rows, 4 + 3 * step)  # rows >= reach are first touched later
+    n = int(rng.integers(3, 12))
+    ids = rng.integers(0, reach, size=n)
+    ids[: n // 3] = ids[0]  # duplicates, always
+    if step == 1:
+        ids[-2:] = [0, 1]
+    return rng.normal(size=(n, dim)) * row_scale[ids], ids
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+@pytest.mark.parametrize("mode", ["dense", "sparse_int32", "sparse_int64"])
+@pytest.mark.parametrize("rule", harness.RULES)
+def test_float64_sequence_matches_numpy(rule, mode, impl, rng):
+    var, state, hp, lr, strengths, row_scale = make_problem(rng, rule)
+    rows, dim = var.shape
+    index_dtype = np.int64 if mode.endswith("int64") else np.int32
+    ours, our_state = var.copy(), {k: v.copy() for k, v in state.items()}
+    ref, ref_state = var.copy(), {k: v.copy() for k, v in state.items()}
+    zeroed, touched = set(), set()
+    for t in range(1, 8):
+        grad, ids = step_inputs(rng, t, rows, dim, row_scale, mode != "dense")
+        ours, our_state = IMPLS[impl](rule, ours, our_state, grad, ids, lr,
+                                      hp=hp, t=t, index_dtype=index_dtype, **strengths)
+        ref, ref_state = harness.run_numpy(rule, ref, ref_state, grad, ids, lr,
+                                           hp=hp, t=t, **strengths)
+        assert harness.rel_err(ours, ref) <= 1e-12, (t, ours, ref)
+        for k in ref_state:
+            assert harness.rel_err(our_state[k], ref_state[k]) <= 1e-12, (t, k)
+        # A row the reference zeroes must be exactly +0.0 here too.
+        ref_zero = np.all(ref == 0, axis=1)
+        assert np.array_equal(np.all(ours == 0, axis=1), ref_zero)
+        assert not np.any(np.signbit(ours[ref_zero]))
+        zeroed |= set(np.flatnonzero(ref_zero))
+        touched |= set(range(rows)) if ids is None else set(ids.tolist())
+    # The sequence exercised both outcomes of the group threshold, and rows
+    # never touched by a sparse step kept their initial values exactly.
+    assert 1 in zeroed and 0 not in zeroed
+    untouched = sorted(set(range(rows)) - touched)
+    np.testing.assert_array_equal(ours[untouched], var[untouched])
+
+
+@pytest.mark.parametrize("impl", ["fused", "core", "reference"])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("rule", harness.RULES)
+def test_float32_step_matches_numpy(rule, sparse, impl, rng):
+    """float32 steps, each compared from the same (float32) state with float64 math."""
+    var, state, hp, lr, strengths, row_scale = make_problem(rng, rule)
+    rows, dim = var.shape
+    ours = var.astype(np.float32)
+    our_state = {k: v.astype(np.float32) for k, v in state.items()}
+    for t in range(1, 6):
+        grad, ids = step_inputs(rng, t, rows, dim, row_scale, sparse)
+        grad = grad.astype(np.float32)
+        ref, ref_state = harness.run_numpy(rule, ours.astype(np.float64),
+                                           {k: v.astype(np.float64) for k, v in our_state.items()},
+                                           grad, ids, lr, hp=hp, t=t, **strengths)
+        ours, our_state = IMPLS[impl](rule, ours, our_state, grad, ids, np.float32(lr),
+                                      hp=hp, t=t, **{k: np.float32(v) for k, v in strengths.items()})
+        assert ours.dtype == np.float32
+        assert harness.rel_err(ours, ref) <= 1e-5, t
+        for k in ref_state:
+            assert harness.rel_err(our_state[k], ref_state[k]) <= 1e-5, (t, k)
+
+
+@pytest.mark.parametrize("rule", harness.RULES)
+def test_zero_strengths_reduce_to_plain_update(rule, rng):
+    """x' = x - a / p_new on a fresh row, for any initial weights (paper.md)."""
+    var, state, hp, lr, _, _ = make_problem(rng, rule)
+    grad = rng.normal(size=var.shape)
+    ours, _ = harness.run_fused(rule, var, state, grad, None, lr, 0.0, 0.0, 0.0, hp, 1)
+    _, a, _, p_new = np_reference._moments(rule, grad, var, state, lr, hp, 1)
+    if rule == "ftrl":  # FTRL's first step is not "fresh": Keras's own form
+        return
+    np.testing.assert_allclose(ours, var - a / p_new, rtol=1e-12, atol=1e-15)
+
+
+def test_duplicate_ids_equal_summed_gradient(rng):
+    """An update with duplicate ids equals one with the row gradients summed."""
+    var, state, hp, lr, strengths, _ = make_problem(rng, "adam")
+    ids = np.array([2, 5, 2, 2, 7, 5])
+    grad = rng.normal(size=(6, var.shape[1]))
+    summed_ids = np.array([2, 5, 7])
+    summed = np.stack([grad[ids == i].sum(0) for i in summed_ids])
+    a, sa = harness.run_fused("adam", var, state, grad, ids, lr, hp=hp, t=1, **strengths)
+    b, sb = harness.run_fused("adam", var, state, summed, summed_ids, lr, hp=hp, t=1, **strengths)
+    np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    for k in sa:
+        np.testing.assert_allclose(sa[k], sb[k], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 2, 3), ()])
+def test_other_ranks_group_by_axis0(shape, rng):
+    """Rank 1: each element is a row; rank 3: a row is a [2, 3] slice; rank 0: one row."""
+    var = rng.normal(size=shape)
+    hp = harness.BASE_HP["adam"]
+    state = np_reference.initial_state("adam", var.shape, hp)
+    grad = rng.normal(size=shape)
+    args = dict(lr=0.25, l1=0.01, l21=0.5, l2=0.02, hp=hp, t=1)
+    ours, _ = harness.run_fused("adam", var, state, grad, None, **args)
+    ref, _ = harness.run_numpy("adam", var, state, grad, None, **args)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)
