@@ -123,6 +123,38 @@ def row_step(rule, x, slots, g, lr, l1, l21, l2, hyper, nesterov=False):
     return x_new, new_moments + [lin]
 
 
+def anchor_linear(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
+    """The linear slot for which the proximal step returns `x` unchanged.
+
+    For a variable changed outside the optimizer (Keras's decoupled weight
+    decay, an EMA overwrite, a constraint), this is the linear slot that makes
+    the next step start from the changed weights: the inverse of the
+    proximal step at the current preconditioner and thresholds, per row
+
+        u = (p + t2) x;   s = u (||u|| + t21) / ||u||;   lin = -s - sign(s) t1
+
+    and lin = 0 for an all-zero row (a fresh row for the next step). x and
+    slots are [rows, d] tensors; the moment slots are not changed.
+    """
+    d = x.shape[-1]
+    _, _, p, _ = _STEPS[rule](tf.zeros_like(x), x, slots[:-1], lr, hyper, nesterov)
+    t1, t21, t2 = _thresholds(rule, lr, l1, l21, l2, hyper, d)
+    u = (p + t2) * x
+    norm = tf.norm(u, axis=-1, keepdims=True)
+    safe_norm = tf.where(norm > 0, norm, tf.ones_like(norm))
+    s = u * ((safe_norm + t21) / safe_norm)
+    return tf.where(norm > 0, -s - tf.sign(s) * t1, tf.zeros_like(s))
+
+
+def reanchor_dense(rule, var, slots, lr, l1, l21, l2, hyper, nesterov=False):
+    """Sets the linear slot (slots[-1]) of every row from var (see anchor_linear)."""
+    shape = tf.shape(var)
+    x = _as_rows(var.read_value())
+    lin = anchor_linear(rule, x, [_as_rows(s.read_value()) for s in slots], lr, l1, l21, l2,
+                        hyper, nesterov)
+    return slots[-1].assign(tf.reshape(lin, shape))
+
+
 def _as_rows(t):
     """[rows, d] view of a tensor: rows along axis 0; a scalar is one row."""
     if t.shape.rank == 0:

@@ -210,16 +210,52 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
     def _local_step(self, dtype):
         return tf.cast(self.iterations + 1, dtype)
 
-    def update_step(self, gradient, variable, learning_rate):
+    def _step_inputs(self, variable, learning_rate):
+        """The tf.Variable, its slots, and the op's scalar inputs."""
         var = _resource_variable(variable, "variable")
         dtype = var.dtype
         slots = [
             _resource_variable(self.get_slot(variable, name), f"slot {name!r}")
             for name in self._slot_names
         ]
-        lr = tf.cast(learning_rate, dtype)
-        l1, l21, l2 = self._strengths(variable, dtype)
-        hyper = self._rule_hyper(dtype)
+        scalars = [tf.cast(learning_rate, dtype)] + self._strengths(variable, dtype)
+        return var, slots, scalars, self._rule_hyper(dtype)
+
+    def _reanchor(self, variables):
+        """Re-derives the linear slots of variables changed outside the step.
+
+        The linear slot, not the variable, carries the optimizer's state: a
+        change made to the weights by someone else (Keras's weight decay, an
+        EMA overwrite, a constraint) would be undone by the next step unless
+        the slot is made consistent with the new weights.
+        """
+        nesterov = self._op_attrs().get("use_nesterov", False)
+        for variable in variables:
+            var, slots, scalars, hyper = self._step_inputs(variable, self.learning_rate)
+            reference.reanchor_dense(self._rule, var, slots, *scalars, hyper, nesterov)
+
+    def _apply_weight_decay(self, variables):
+        super()._apply_weight_decay(variables)
+        if self.weight_decay is not None:
+            self._reanchor([v for v in variables if self._use_weight_decay(v)])
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        super()._overwrite_model_variables_with_average_value(trainable_variables)
+        self._reanchor(trainable_variables)
+
+    def apply(self, grads, trainable_variables=None):
+        result = super().apply(grads, trainable_variables)
+        # Keras applies constraints after the update; make the linear slots
+        # of constrained variables agree with the constrained weights.
+        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        constrained = [v for v in variables if getattr(v, "constraint", None) is not None]
+        if constrained:
+            self._reanchor(constrained)
+        return result
+
+    def update_step(self, gradient, variable, learning_rate):
+        var, slots, (lr, l1, l21, l2), hyper = self._step_inputs(variable, learning_rate)
+        dtype = var.dtype
         if isinstance(gradient, tf.IndexedSlices) and not self.lazy:
             gradient = tf.convert_to_tensor(gradient)
         fused = None if _in_xla_context() else _ops.fused_ops()
