@@ -2,11 +2,20 @@
 GROUP_LASSO_TF_TEST_SEED to replay a failure), and the check that the tests
 exercise the compiled ops rather than silently falling back."""
 
+import glob
 import os
+import sys
 import time
 
-import numpy as np
-import pytest
+# `python -m pytest` puts the working directory first on sys.path, so the
+# source tree (which has no compiled ops unless built in place with
+# `python setup.py build_ext --inplace`) would shadow the installed package.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not glob.glob(os.path.join(_ROOT, "group_lasso_tf", "_ops*.so")):
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
