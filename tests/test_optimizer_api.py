@@ -299,8 +299,12 @@ def test_fit_eager_graph_and_xla_agree(cls, rng):
 
 # ---------------------------------------------------------------- fallback
 def _run_python(code, env_extra=None):
+    """Runs code in a fresh interpreter, outside the source tree (which `-c`
+    would put first on sys.path), so it imports the package under test."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+    package_parent = os.path.dirname(os.path.dirname(gl.__file__))
+    env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd="/",
                           capture_output=True, text=True, timeout=300)
 
 

@@ -81,16 +81,21 @@ struct AdamRule : LrScaledStrengths {
     return {lr * Sqrt(T(1) - h[1]) / (T(1) - h[0]), T(1) - h[2], T(1) - h[3],
             h[4]};
   }
+  // The two moments, written as Keras writes them (m += (g - m)(1 - b1)) so
+  // that zero strengths reproduce keras.optimizers.Adam to the last bits.
+  template <typename T>
+  GL_HOST_DEVICE static void UpdateMoments(const Params<T>& p, T g, T* m,
+                                           T* v) {
+    *m += (g - *m) * p.one_minus_beta1;
+    *v += (g * g - *v) * p.one_minus_beta2;
+  }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
                                             T* const* slot, int64_t j) {
     T m = slot[0][j];
     T v = slot[1][j];
     const T p_old = Sqrt(v) + p.epsilon;
-    // Written as Keras writes it (m += (g - m)(1 - b1)) so that zero
-    // strengths reproduce keras.optimizers.Adam to the last bits.
-    m += (g - m) * p.one_minus_beta1;
-    v += (g * g - v) * p.one_minus_beta2;
+    UpdateMoments(p, g, &m, &v);
     slot[0][j] = m;
     slot[1][j] = v;
     return {p.alpha * m, p_old, Sqrt(v) + p.epsilon};
@@ -116,8 +121,7 @@ struct AMSGradRule : LrScaledStrengths {
     T v = slot[1][j];
     T vhat = slot[2][j];
     const T p_old = Sqrt(vhat) + p.epsilon;
-    m += (g - m) * p.one_minus_beta1;
-    v += (g * g - v) * p.one_minus_beta2;
+    AdamRule::UpdateMoments(p, g, &m, &v);
     vhat = vhat > v ? vhat : v;
     slot[0][j] = m;
     slot[1][j] = v;

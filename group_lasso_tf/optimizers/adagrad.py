@@ -38,18 +38,8 @@ class GroupAdagrad(base.GroupLassoOptimizer):
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
                  name="group_adagrad", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if initial_accumulator_value < 0:
-            raise ValueError(
-                "`initial_accumulator_value` must be >= 0, got "
-                f"{initial_accumulator_value}"
-            )
-        self.initial_accumulator_value = initial_accumulator_value
+        self._set_initial_accumulator_value(initial_accumulator_value)
         self.epsilon = epsilon
-
-    def _slot_initializer(self, slot_name):
-        if slot_name == "accumulator":
-            return keras.initializers.Constant(self.initial_accumulator_value)
-        return "zeros"
 
     def _rule_hyper(self, dtype):
         return [base.hyper_tensor(self.epsilon, dtype)]

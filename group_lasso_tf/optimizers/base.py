@@ -165,8 +165,15 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         return len(variable.shape) >= 2 or self.regularize_vectors
 
     def _slot_initializer(self, slot_name):
-        del slot_name
+        # Adagrad's and FTRL's accumulators start at initial_accumulator_value.
+        if slot_name == "accumulator":
+            return keras.initializers.Constant(self.initial_accumulator_value)
         return "zeros"
+
+    def _set_initial_accumulator_value(self, value):
+        if not isinstance(value, numbers.Real) or value < 0:
+            raise ValueError(f"`initial_accumulator_value` must be >= 0, got {value!r}")
+        self.initial_accumulator_value = value
 
     def build(self, var_list):
         if self.built:

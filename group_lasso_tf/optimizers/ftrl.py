@@ -43,24 +43,14 @@ class GroupFtrl(base.GroupLassoOptimizer):
                  initial_accumulator_value=0.1, l2_shrinkage=0.0, beta=0.0,
                  name="group_ftrl", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if initial_accumulator_value < 0.0:
-            raise ValueError(
-                "`initial_accumulator_value` must be >= 0, got "
-                f"{initial_accumulator_value}"
-            )
+        self._set_initial_accumulator_value(initial_accumulator_value)
         if learning_rate_power > 0.0:
             raise ValueError(
                 f"`learning_rate_power` must be <= 0, got {learning_rate_power}"
             )
         self.learning_rate_power = learning_rate_power
-        self.initial_accumulator_value = initial_accumulator_value
         self.l2_shrinkage = base._check_strength("l2_shrinkage", l2_shrinkage)
         self.beta = base._check_strength("beta", beta)
-
-    def _slot_initializer(self, slot_name):
-        if slot_name == "accumulator":
-            return keras.initializers.Constant(self.initial_accumulator_value)
-        return "zeros"
 
     def _rule_hyper(self, dtype):
         return [
