@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -124,3 +125,122 @@ def test_checkpoint_from_mirrored_restores_on_one_device(tmp_path):
     a, b = np.load(tmp_path / "mirrored.npz"), np.load(tmp_path / "restored.npz")
     for key in a.files:  # weights, slots and the iteration count, bit for bit
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+# ------------------------------------------------------- ParameterServerStrategy
+class PsCluster:
+    """2 PS and 2 worker tasks started with the package's launcher, plus a chief."""
+
+    def __init__(self, tmp_path, num_ps=2, num_workers=2):
+        ports = free_ports(1 + num_workers + num_ps)
+        self.spec = {
+            "chief": [f"127.0.0.1:{ports[0]}"],
+            "worker": [f"127.0.0.1:{p}" for p in ports[1:1 + num_workers]],
+            "ps": [f"127.0.0.1:{p}" for p in ports[1 + num_workers:]],
+        }
+        self.tmp_path = tmp_path
+        self.tasks = {}
+        for job in ("ps", "worker"):
+            for index in range(len(self.spec[job])):
+                self.start_task(job, index)
+
+    def start_task(self, job, index):
+        log = open(self.tmp_path / f"{job}{index}.log", "ab")
+        self.tasks[(job, index)] = subprocess.Popen(
+            [sys.executable, "-m", "group_lasso_tf.server", "--cluster", json.dumps(self.spec),
+             "--job_name", job, "--task_index", str(index)],
+            env=_env(), stdout=log, stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
+
+    def kill_task(self, job, index):
+        proc = self.tasks[(job, index)]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def chief_env(self):
+        return {"TF_CONFIG": json.dumps({"cluster": self.spec, "task": {"type": "chief", "index": 0}})}
+
+    def run_chief(self, args, timeout=300):
+        return run_example("distributed_ps.py", ["--mode", "ps"] + args, env=self.chief_env(),
+                           timeout=timeout)
+
+    def close(self):
+        stop(self.tasks.values())
+
+
+@pytest.fixture
+def ps_cluster(tmp_path):
+    cluster = PsCluster(tmp_path)
+    yield cluster
+    cluster.close()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "ftrl"])
+def test_ps_sharded_table_equals_single_process(optimizer, ps_cluster, tmp_path):
+    """Sequential steps on a 2-PS cluster with the table sharded over both PS give
+    the single-process result; the zero rows of the PS model are zero in the
+    unsharded model restored from its checkpoint."""
+    args = ["--optimizer", optimizer, "--steps", "12"]
+    if optimizer == "ftrl":
+        args += ["--lr", "0.05", "--l21", "0.02"]
+    out = ps_cluster.run_chief(args + ["--sequential", "--checkpoint", str(tmp_path / "ckpt"),
+                                       "--save-weights", str(tmp_path / "ps.npz")])
+    assert "in 2 shard(s)" in out and "fused ops: True" in out
+    run_example("distributed_ps.py", args + ["--mode", "single",
+                                             "--save-weights", str(tmp_path / "single.npz")])
+    ps, single = np.load(tmp_path / "ps.npz"), np.load(tmp_path / "single.npz")
+    assert int(ps["shards"]) == 2 and int(ps["iterations"]) == 12
+    zero_rows = np.all(ps["table"] == 0, axis=1)
+    assert 0 < zero_rows.sum() < len(zero_rows)
+    # Both shards have zero rows and surviving rows.
+    half = len(zero_rows) // 2
+    assert 0 < zero_rows[:half].sum() < half and 0 < zero_rows[half:].sum() < half
+    np.testing.assert_array_equal(zero_rows, np.all(single["table"] == 0, axis=1))
+    for key in ("table", "kernel", "bias"):
+        np.testing.assert_allclose(ps[key], single[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    # Restore the PS checkpoint into an unsharded model (no strategy).
+    run_example("distributed_ps.py", ["--mode", "single", "--steps", "0", "--restore-weights",
+                                      str(tmp_path / "ckpt"),
+                                      "--save-weights", str(tmp_path / "restored.npz")])
+    restored = np.load(tmp_path / "restored.npz")
+    np.testing.assert_array_equal(restored["table"], ps["table"])
+    np.testing.assert_array_equal(np.all(restored["table"] == 0, axis=1), zero_rows)
+
+
+def test_ps_training_survives_a_killed_worker(ps_cluster, tmp_path):
+    log_path = tmp_path / "chief.log"
+    with open(log_path, "wb") as log:
+        chief = start("distributed_ps.py", ["--mode", "ps", "--steps", "200"],
+                      env=ps_cluster.chief_env(), log=log)
+        try:
+            deadline = 120
+            while b"starting at step" not in log_path.read_bytes() and deadline > 0:
+                assert chief.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+                deadline -= 0.5
+            time.sleep(1.0)
+            assert chief.poll() is None  # training still running
+            ps_cluster.kill_task("worker", 1)
+            assert chief.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+        finally:
+            stop([chief])
+    out = log_path.read_text()
+    done = [line for line in out.splitlines() if line.startswith("done:")]
+    assert done, out[-3000:]
+    assert "200 steps finished" in done[0], done[0]  # each, retried on the other worker if needed
+    assert "failed with UnavailableError" in out  # the worker really died mid-training
+
+
+def test_ps_restarted_ps_task_recovers_from_checkpoint(ps_cluster, tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    ps_cluster.run_chief(["--steps", "10", "--sequential", "--checkpoint", ckpt,
+                          "--save-weights", str(tmp_path / "before.npz")])
+    ps_cluster.kill_task("ps", 0)
+    ps_cluster.start_task("ps", 0)
+    out = ps_cluster.run_chief(["--steps", "0", "--checkpoint", ckpt, "--restore",
+                                "--save-weights", str(tmp_path / "after.npz")])
+    assert "starting at step 10" in out
+    before, after = np.load(tmp_path / "before.npz"), np.load(tmp_path / "after.npz")
+    for key in ("table", "kernel", "bias", "iterations"):
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    out = ps_cluster.run_chief(["--steps", "5", "--sequential", "--checkpoint", ckpt, "--restore"])
+    assert "done: 15 steps" in out
