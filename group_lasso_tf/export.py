@@ -75,7 +75,8 @@ class ExportReport:
     tables: dict  # name -> (rows before, rows kept)
     variable_bytes_before: int
     variable_bytes_after: int
-    disk_bytes: int
+    disk_bytes: int  # the exported SavedModel
+    disk_bytes_unpruned: int = None  # the same export without pruning, when measured
 
     def __str__(self):
         lines = [f"{'table':<28}{'rows':>10}{'kept':>10}"]
@@ -85,6 +86,7 @@ class ExportReport:
             f"variable bytes: {self.variable_bytes_before:,} -> {self.variable_bytes_after:,} "
             f"({self.variable_bytes_after / max(self.variable_bytes_before, 1):.1%}); "
             f"SavedModel on disk: {self.disk_bytes:,} bytes"
+            + (f" (unpruned: {self.disk_bytes_unpruned:,})" if self.disk_bytes_unpruned else "")
         )
         return "\n".join(lines)
 
@@ -127,11 +129,13 @@ def pruned_model(model, drop_never_trained=False, optimizer=None):
     return serving, tables
 
 
-def export_pruned(model, dst, drop_never_trained=False, optimizer=None):
+def export_pruned(model, dst, drop_never_trained=False, optimizer=None, measure_unpruned=False):
     """Writes the pruned serving SavedModel of `model` to `dst`; returns an ExportReport.
 
     The SavedModel is written to a temporary directory beside `dst` and moved
     into place at the end, so a failure leaves nothing partial at `dst`.
+    `measure_unpruned=True` also exports the original model to a temporary
+    directory, to report its size on disk.
     """
     if os.path.exists(dst):
         raise FileExistsError(f"export destination {dst!r} already exists")
@@ -145,11 +149,17 @@ def export_pruned(model, dst, drop_never_trained=False, optimizer=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    unpruned = None
+    if measure_unpruned:
+        with tempfile.TemporaryDirectory(dir=parent) as tmp_unpruned:
+            model.export(os.path.join(tmp_unpruned, "m"), format="tf_saved_model", verbose=False)
+            unpruned = _directory_bytes(tmp_unpruned)
     return ExportReport(
         tables=tables,
         variable_bytes_before=_variable_bytes(model.weights),
         variable_bytes_after=_variable_bytes(serving.weights),
         disk_bytes=_directory_bytes(dst),
+        disk_bytes_unpruned=unpruned,
     )
 
 
@@ -170,7 +180,8 @@ def main(argv=None):
     except Exception as e:  # a corrupted or foreign file: say so, write nothing
         parser.exit(2, f"error: cannot load {args.src!r} as a Keras model ({type(e).__name__}: "
                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); nothing written\n")
-    report = export_pruned(model, args.dst, drop_never_trained=args.drop_never_trained)
+    report = export_pruned(model, args.dst, drop_never_trained=args.drop_never_trained,
+                           measure_unpruned=True)
     print(report)
     stats = _sparsity.embedding_sparsity(model)
     zero = sum(s.zero_rows for s in stats.values())

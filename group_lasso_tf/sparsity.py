@@ -87,8 +87,9 @@ class SparsityLogger(keras.callbacks.Callback):
 
     For each variable of rank >= 2 (only embedding tables with
     `embeddings_only=True`) it adds `sparsity/<variable path>` (fraction of zero
-    rows) to the epoch logs, plus `sparsity/embeddings` (zero rows over rows of
-    all embedding tables) and, with `log_dir`, writes the same as `tf.summary`
+    rows) and `zero_params/<variable path>` (count of zero elements) to the
+    epoch logs, plus `sparsity/embeddings` (zero rows over rows of all
+    embedding tables) and, with `log_dir`, writes the same as `tf.summary`
     scalars there.
     """
 
@@ -103,6 +104,7 @@ class SparsityLogger(keras.callbacks.Callback):
         stats = model_sparsity(self.model, embeddings_only=self.embeddings_only)
         tables = embedding_sparsity(self.model)
         values = {f"sparsity/{path}": s.sparsity for path, s in stats.items()}
+        values.update({f"zero_params/{path}": s.zero_params for path, s in stats.items()})
         rows = sum(s.rows for s in tables.values())
         if rows:
             values["sparsity/embeddings"] = sum(s.zero_rows for s in tables.values()) / rows

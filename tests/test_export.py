@@ -1,6 +1,7 @@
 """Serving export of pruned tables, sparsity tools, and the magnitude-pruning baseline."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -55,6 +56,19 @@ def test_export_predicts_bit_for_bit_and_shrinks(trained, tmp_path):
     assert removed == zero
     assert report.variable_bytes_before - report.variable_bytes_after == (removed - len(stats)) * dim * 4
     assert report.disk_bytes > 0
+    # Ids unknown to a table (negative, past its end) gather the zero vector,
+    # as an id whose row was removed does.
+    x = random_inputs(data, n=50, seed=2)
+    field = 3
+    table = next(layer for layer in model.layers if layer.name == f"embedding_{field}")
+    removed_id = int(np.flatnonzero(np.all(table.embeddings.numpy() == 0, axis=1))[0])
+    with_removed = [x[0].copy(), x[1]]
+    with_removed[0][:, field] = removed_id
+    expected = model(with_removed, training=False).numpy()
+    for unknown in (-1, data.vocab_sizes[field], 10**9):
+        with_unknown = [x[0].copy(), x[1]]
+        with_unknown[0][:, field] = unknown
+        np.testing.assert_array_equal(loaded.serve(with_unknown).numpy(), expected)
 
 
 def test_exported_model_serves_without_the_package(trained, tmp_path):
@@ -151,9 +165,12 @@ def test_sparsity_logger_history_tensorboard_and_plot(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.integers(0, 10, size=(256, 2)).astype("int32")
     history = model.fit(x, (x[:, 0] % 2).astype("float32"), epochs=2, verbose=0, callbacks=[cb])
-    key = "sparsity/" + next(iter(sparsity.embedding_sparsity(model)))
-    assert len(history.history[key]) == 2
-    assert history.history[key][-1] == sparsity.embedding_sparsity(model)[key[9:]].sparsity
+    path = next(iter(sparsity.embedding_sparsity(model)))
+    stats = sparsity.embedding_sparsity(model)[path]
+    assert len(history.history["sparsity/" + path]) == 2
+    assert history.history["sparsity/" + path][-1] == stats.sparsity
+    assert history.history["zero_params/" + path][-1] == stats.zero_params
+    assert stats.zero_params >= stats.zero_rows * 4
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
     png = sparsity.plot_sparsity(history, str(tmp_path / "s.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -197,3 +214,42 @@ def test_gradual_pruning_reaches_final_sparsity():
     table = model.layers[1].embeddings.numpy()
     assert np.all(table == 0, axis=1).sum() == 30  # 75% of 40 rows, kept zero after end_step
     assert pruning.polynomial_sparsity(7, 0.0, 0.75, 2, 12) == pytest.approx(0.75 * (1 - 0.5**3))
+
+
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
+                    reason="TensorFlow Serving's server binary is not installed here")
+def test_tensorflow_model_server_serves_the_export(trained, tmp_path):
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    model, data = trained
+    export.export_pruned(model, str(tmp_path / "base" / "1"))  # TF Serving wants versions
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        ["tensorflow_model_server", f"--rest_api_port={port}", "--port=0", "--model_name=ctr",
+         f"--model_base_path={tmp_path / 'base'}"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        x = random_inputs(data, n=20, seed=3)
+        body = json.dumps({"inputs": {"categorical": x[0].tolist(),
+                                      "dense_features": x[1].tolist()}}).encode()
+        for _ in range(120):
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v1/models/ctr:predict", data=body)
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    outputs = json.loads(response.read())["outputs"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("tensorflow_model_server did not answer within 60 s")
+        np.testing.assert_allclose(np.array(outputs, np.float32),
+                                   model(x, training=False).numpy(), rtol=1e-6)
+    finally:
+        server.kill()
+        server.wait()
