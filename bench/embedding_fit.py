@@ -1,6 +1,6 @@
 """Time per `fit` step of a model with one large embedding table, optimizers side by side.
 
-    python bench/embedding_fit.py [--rows 1000000] [--dim 32] [--batch 1024] [--steps 80]
+    python bench/embedding_fit.py [--rows 1000000] [--dim 32] [--batch 1024] [--steps 80] [--quick]
 
 The model is Embedding(rows, dim) over 4 ids per example, then Dense(1). Keras's
 Embedding reads the whole table every step, so this also shows that the fused
@@ -48,13 +48,19 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--optimizers", default="group_adam,group_ftrl,keras_adam,keras_ftrl")
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.steps, args.batch = 10_000, 5, 256
     names = args.optimizers.split(",")
     results = {n: time_fit(OPTIMIZERS[n], args.rows, args.dim, args.batch, args.steps) for n in names}
     print(f"Embedding({args.rows}, {args.dim}), batch {args.batch} x 4 ids, {args.steps} steps")
     print(f"{'optimizer':<14}{'ms/step':>10}{'ratio to ' + names[0]:>22}")
     for n in names:
         print(f"{n:<14}{results[n] * 1e3:>10.2f}{results[n] / results[names[0]]:>22.2f}")
+    if args.quick:
+        assert all(v > 0 for v in results.values())
+        print("quick run: outputs sane")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,22 @@
 
     python bench/sparse_update.py [--rows 1000000] [--dim 32] [--ids 4096]
                                   [--steps 30] [--methods a,b,...]
+    python bench/sparse_update.py --grid [--quick]
 
 Every method updates the same [rows, dim] float32 table from the same
 tf.IndexedSlices gradient (ids drawn from a Zipf law, duplicates included),
 inside a tf.function, on TensorFlow's default thread settings. The table
 prints the median time per step and its ratio to the first method, so that
 comparisons hold on a shared, noisy machine.
+
+`--grid` runs tables of 10^5, 10^6 and 10^7 rows, dims 8, 16 and 64, 4,096
+and 65,536 ids per step, and adds for the fused Group Adam op the bytes one
+step must move (touched rows of var and its 3 slots read and written once,
+plus the gradient and ids read) over its time, as a fraction of this
+machine's copy bandwidth measured in the same run (a large NumPy copy).
+Keras's densifying optimizers run on tables up to 10^6 rows (beyond, one of
+their steps takes seconds); the 10^7 x 64 table is left out (10 GB for var
+and slots on a 24 GB machine). `--quick` is a small smoke run.
 """
 
 import argparse
@@ -96,7 +106,7 @@ METHODS = {
 
 
 def time_method(make, rows, dim, ids, values, steps):
-    table = keras.Variable(np.zeros((rows, dim), np.float32) + 0.01)
+    table = keras.Variable(np.full((rows, dim), 0.01, np.float32))
     grad = tf.IndexedSlices(tf.constant(values), tf.constant(ids), tf.constant([rows, dim], tf.int64))
     update = make(table, grad)
 
@@ -113,6 +123,65 @@ def time_method(make, rows, dim, ids, values, steps):
     return float(np.median(times))
 
 
+def copy_bandwidth(megabytes=512, repeats=5):
+    """Bytes per second of a large NumPy copy (read + write counted)."""
+    src = np.ones(megabytes * 2**20 // 4, np.float32)
+    dst = np.empty_like(src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.nbytes / min(times)
+
+
+def step_bytes(distinct_rows, n_ids, dim, num_slots=3, itemsize=4):
+    """Bytes a fused sparse step must move: touched rows of var + slots read and
+    written once, gradient rows and ids read once."""
+    return distinct_rows * dim * itemsize * (1 + num_slots) * 2 + n_ids * (dim * itemsize + 8)
+
+
+def grid(args):
+    rng = np.random.default_rng(0)
+    rows_list = [100_000, 1_000_000] if args.quick else [100_000, 1_000_000, 10_000_000]
+    dims = [8] if args.quick else [8, 16, 64]
+    ids_list = [4096] if args.quick else [4096, 65536]
+    steps = 5 if args.quick else args.steps
+    bandwidth = copy_bandwidth(64 if args.quick else 512)
+    print(f"copy bandwidth (NumPy, read+write): {bandwidth / 1e9:.2f} GB/s")
+    header = (f"{'rows':>10}{'dim':>5}{'ids':>7}{'distinct':>9}  {'group_adam ms':>13}"
+              f"{'group_ftrl':>11}{'tf_ftrl':>9}{'tf_adagrad':>11}{'reference':>10}"
+              f"{'keras_adam':>11}  {'GB/s':>6}{'of copy':>8}")
+    print(header)
+    results = []
+    for rows in rows_list:
+        for dim in dims:
+            if rows * dim > 10_000_000 * 16:
+                continue  # 10^7 x 64: var + 3 slots alone take 10 GB, as much again to set up
+            for n in ids_list:
+                ids = zipf_ids(rng, rows, n)
+                values = rng.normal(size=(n, dim)).astype(np.float32)
+                names = ["group_adam", "group_ftrl", "tf_sparse_ftrl", "tf_sparse_adagrad",
+                         "group_adam_reference"]
+                if rows <= 1_000_000:
+                    names.append("keras_adam")
+                t = {m: time_method(METHODS[m], rows, dim, ids, values, steps) for m in names}
+                distinct = np.unique(ids).size
+                gbs = step_bytes(distinct, n, dim) / t["group_adam"]
+                ratio = lambda m: f"{t[m] / t['group_adam']:.2f}x" if m in t else "-"  # noqa: E731
+                print(f"{rows:>10}{dim:>5}{n:>7}{distinct:>9}  {t['group_adam'] * 1e3:>13.3f}"
+                      f"{ratio('group_ftrl'):>11}{ratio('tf_sparse_ftrl'):>9}"
+                      f"{ratio('tf_sparse_adagrad'):>11}{ratio('group_adam_reference'):>10}"
+                      f"{ratio('keras_adam'):>11}  {gbs / 1e9:>6.2f}{gbs / bandwidth:>8.1%}",
+                      flush=True)
+                results.append(dict(rows=rows, dim=dim, ids=n, distinct=distinct, **t))
+    if args.quick:
+        for r in results:
+            assert all(np.isfinite(v) and v > 0 for k, v in r.items() if isinstance(v, float)), r
+        print("quick run: outputs sane")
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -120,7 +189,11 @@ def main(argv=None):
     parser.add_argument("--ids", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--methods", default="group_adam,keras_adam,tf_sparse_ftrl,group_ftrl")
+    parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    if args.grid or args.quick:
+        return grid(args)
     rng = np.random.default_rng(0)
     ids = zipf_ids(rng, args.rows, args.ids)
     values = rng.normal(size=(args.ids, args.dim)).astype(np.float32)
