@@ -152,3 +152,24 @@ def test_other_ranks_group_by_axis0(shape, rng):
     ours, _ = harness.run_fused("adam", var, state, grad, None, **args)
     ref, _ = harness.run_numpy("adam", var, state, grad, None, **args)
     np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_large_batches_group_ids_like_the_reference(index_dtype, rng):
+    """20,000 ids (the radix-sort path of the id grouping, two 16-bit passes for a
+    200,000-row table), heavy with duplicates: fused op == reference.py in float64."""
+    rows, dim, n = 200_000, 4, 20_000
+    hp = harness.BASE_HP["adam"]
+    var = rng.normal(size=(rows, dim))
+    state = np_reference.initial_state("adam", var.shape, hp)
+    ids = np.concatenate([rng.integers(0, rows, size=n // 2), rng.integers(0, 50, size=n // 2)])
+    rng.shuffle(ids)
+    grad = rng.normal(size=(n, dim))
+    args = dict(lr=0.125, l1=0.01, l21=0.05, l2=0.01, hp=hp, t=1, index_dtype=index_dtype)
+    ours, ours_state = harness.run_fused("adam", var, state, grad, ids, **args)
+    ref, ref_state = harness.run_reference("adam", var, state, grad, ids, **args)
+    assert harness.rel_err(ours, ref) <= 1e-12
+    for k in ref_state:
+        assert harness.rel_err(ours_state[k], ref_state[k]) <= 1e-12
+    untouched = np.setdiff1d(np.arange(rows), ids)
+    np.testing.assert_array_equal(ours[untouched], var[untouched])
