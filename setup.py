@@ -13,6 +13,7 @@ Install TensorFlow first (`pip install -r requirements.txt`). Environment:
                              runs on its pure-TensorFlow fallback path).
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -28,7 +29,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TF_QUIET = ["-Wno-deprecated-declarations", "--param", "destructive-interference-size=128"]
 # -g0 last: it overrides the -g of the interpreter's own CFLAGS (the op
 # library is 8 MB with debug info, well under 1 MB without).
-CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-sign-compare", "-g0"]
+# -fopenmp-simd: honour the `omp simd` pragmas of cc/group_lasso (no OpenMP
+# runtime); -fno-math-errno: sqrt becomes one instruction, which lets the row
+# loop vectorize (4x on a 1024 x 1024 Adam step). -mavx: TensorFlow's own
+# wheels require AVX, so it costs no machine.
+CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-sign-compare", "-g0",
+             "-fopenmp-simd", "-fno-math-errno", "-mavx"]
 
 _PROBE = r"""
 import json, tensorflow as tf
@@ -91,10 +97,14 @@ class BuildExt(build_ext):
 def _extensions():
     import pybind11  # a build requirement (pyproject.toml)
 
+    # Headers, so that editing one rebuilds the libraries that include it.
+    headers = sorted(glob.glob("cc/**/*.h", recursive=True))
+
     exts = [
         Extension(
             "group_lasso_tf._core",
             sources=["cc/python/core_module.cc"],
+            depends=headers,
             include_dirs=["cc", pybind11.get_include()],
             extra_compile_args=list(CXX_FLAGS),
             language="c++",
@@ -105,6 +115,7 @@ def _extensions():
             Extension(
                 "group_lasso_tf._ops",
                 sources=["cc/ops/group_lasso_ops.cc", "cc/kernels/group_lasso_kernels.cc"],
+                depends=headers,
                 include_dirs=["cc"],
                 extra_compile_args=list(CXX_FLAGS),
                 language="c++",

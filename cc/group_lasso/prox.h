@@ -19,7 +19,9 @@ namespace group_lasso {
 // Soft-thresholded linear slot for one element: clip(l, -t, t) - l.
 template <typename T>
 GL_HOST_DEVICE inline T ShrinkElement(T l, T t) {
-  const T clipped = l < -t ? -t : (l > t ? t : l);
+  // Written as min/max selects, which compile to vector min/max.
+  const T upper = t < l ? t : l;
+  const T clipped = upper < -t ? -t : upper;
   return clipped - l;
 }
 
@@ -47,15 +49,17 @@ GL_HOST_DEVICE inline bool IsFreshRow(const T* lin, int64_t d) {
 
 // First half of the row step for one element: moment update, linear slot
 // update, soft threshold. Returns s and writes s / (p_new + t2) to *x, to be
-// multiplied by the group factor once the row's norm is known.
+// multiplied by the group factor once the row's norm is known. old_weight is
+// 0 on a fresh row and 1 otherwise (a product, not a branch, so the loop
+// vectorizes).
 template <typename Rule, typename T>
 GL_HOST_DEVICE inline T ElementPrePass(
     const typename Rule::template Params<T>& params, const Thresholds<T>& th,
-    bool fresh, T g, T* x, T* const* slots, int64_t j) {
-  T* lin = slots[Rule::kNumSlots - 1];
+    T old_weight, T g, T* x, SlotRows<T, Rule::kNumSlots> slots, int64_t j) {
+  T* lin = slots.row[Rule::kNumSlots - 1];
   const T x_old = *x;
   const ElementStep<T> e = Rule::Step(params, g, x_old, slots, j);
-  const T p_old = fresh ? T(0) : e.p_old;
+  const T p_old = old_weight * e.p_old;  // 0 on a fresh row, else p_old
   const T l = lin[j] + e.a - (e.p_new - p_old) * x_old;
   lin[j] = l;
   const T s = ShrinkElement(l, th.l1);
@@ -74,18 +78,28 @@ template <typename Rule, typename T>
 GL_HOST_DEVICE inline void UpdateRow(
     const typename Rule::template Params<T>& params, const Thresholds<T>& th,
     int64_t d, T* x, T* const* slots, const T* g) {
-  const bool fresh = IsFreshRow<Rule>(slots[Rule::kNumSlots - 1], d);
+  const T old_weight = IsFreshRow<Rule>(slots[Rule::kNumSlots - 1], d) ? T(0) : T(1);
+  SlotRows<T, Rule::kNumSlots> row;
+  for (int k = 0; k < Rule::kNumSlots; ++k) row.row[k] = slots[k];
+  const typename Rule::template Params<T> local_params = params;
+  const Thresholds<T> local_th = th;
   T norm2 = T(0);
+  // Element j reads and writes index j of every array only, so the
+  // iterations are independent: vectorize them, the norm as a reduction.
+  // (-fopenmp-simd makes this pragma work without the OpenMP runtime.)
+#pragma omp simd reduction(+ : norm2)
   for (int64_t j = 0; j < d; ++j) {
-    const T s = ElementPrePass<Rule>(params, th, fresh, g[j], x + j, slots, j);
+    const T s = ElementPrePass<Rule>(local_params, local_th, old_weight, g[j], x + j, row, j);
     norm2 += s * s;
   }
   const T factor = GroupShrinkFactor(Sqrt(norm2), th.l21_sqrt_d);
   if (factor == T(0)) {
     // Assigned, not multiplied: the row becomes exactly +0.0 even where the
     // first pass left an infinity or a negative value.
+#pragma omp simd
     for (int64_t j = 0; j < d; ++j) x[j] = T(0);
   } else if (factor != T(1)) {
+#pragma omp simd
     for (int64_t j = 0; j < d; ++j) x[j] *= factor;
   }
 }

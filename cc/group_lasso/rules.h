@@ -36,6 +36,14 @@ GL_HOST_DEVICE inline T PowNeg(T x, T power) {
   return power == T(-0.5) ? Sqrt(x) : Pow(x, -power);
 }
 
+// The slot rows of one variable row, by value: inlined into the row loop its
+// pointers live in registers (a pointer array in memory would be reloaded on
+// every element and keep the loop from vectorizing).
+template <typename T, int N>
+struct SlotRows {
+  T* row[N];
+};
+
 template <typename T>
 struct ElementStep {
   T a;      // numerator of the plain update, learning rate included
@@ -91,13 +99,13 @@ struct AdamRule : LrScaledStrengths {
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
-                                            T* const* slot, int64_t j) {
-    T m = slot[0][j];
-    T v = slot[1][j];
+                                            SlotRows<T, kNumSlots> slot, int64_t j) {
+    T m = slot.row[0][j];
+    T v = slot.row[1][j];
     const T p_old = Sqrt(v) + p.epsilon;
     UpdateMoments(p, g, &m, &v);
-    slot[0][j] = m;
-    slot[1][j] = v;
+    slot.row[0][j] = m;
+    slot.row[1][j] = v;
     return {p.alpha * m, p_old, Sqrt(v) + p.epsilon};
   }
 };
@@ -116,16 +124,16 @@ struct AMSGradRule : LrScaledStrengths {
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
-                                            T* const* slot, int64_t j) {
-    T m = slot[0][j];
-    T v = slot[1][j];
-    T vhat = slot[2][j];
+                                            SlotRows<T, kNumSlots> slot, int64_t j) {
+    T m = slot.row[0][j];
+    T v = slot.row[1][j];
+    T vhat = slot.row[2][j];
     const T p_old = Sqrt(vhat) + p.epsilon;
     AdamRule::UpdateMoments(p, g, &m, &v);
     vhat = vhat > v ? vhat : v;
-    slot[0][j] = m;
-    slot[1][j] = v;
-    slot[2][j] = vhat;
+    slot.row[0][j] = m;
+    slot.row[1][j] = v;
+    slot.row[2][j] = vhat;
     return {p.alpha * m, p_old, Sqrt(vhat) + p.epsilon};
   }
 };
@@ -146,11 +154,11 @@ struct AdagradRule : LrScaledStrengths {
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
-                                            T* const* slot, int64_t j) {
-    T acc = slot[0][j];
+                                            SlotRows<T, kNumSlots> slot, int64_t j) {
+    T acc = slot.row[0][j];
     const T p_old = Sqrt(acc + p.epsilon);
     acc += g * g;
-    slot[0][j] = acc;
+    slot.row[0][j] = acc;
     return {p.lr * g, p_old, Sqrt(acc + p.epsilon)};
   }
 };
@@ -174,10 +182,10 @@ struct MomentumRule : LrScaledStrengths {
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
-                                            T* const* slot, int64_t j) {
+                                            SlotRows<T, kNumSlots> slot, int64_t j) {
     // Keras's SGD: m' = mu m - lr g; x += m' (or mu m' - lr g with Nesterov).
-    const T m = p.momentum * slot[0][j] - p.lr * g;
-    slot[0][j] = m;
+    const T m = p.momentum * slot.row[0][j] - p.lr * g;
+    slot.row[0][j] = m;
     const T step = p.nesterov ? p.momentum * m - p.lr * g : m;
     return {-step, T(1), T(1)};
   }
@@ -208,11 +216,11 @@ struct FtrlRule {
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T x,
-                                            T* const* slot, int64_t j) {
-    T acc = slot[0][j];
+                                            SlotRows<T, kNumSlots> slot, int64_t j) {
+    T acc = slot.row[0][j];
     const T p_old = PowNeg(acc, p.lr_power) / p.lr;
     acc += g * g;
-    slot[0][j] = acc;
+    slot.row[0][j] = acc;
     return {g + p.two_l2_shrinkage * x, p_old, PowNeg(acc, p.lr_power) / p.lr};
   }
 };
