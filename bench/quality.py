@@ -11,8 +11,9 @@ For each dataset, seed and optimizer pair, the same DeepFM-style model
 * with the plain Keras optimizer (same learning rate and epochs), then pruned
   by magnitude (the rows of smallest L2 norm over all tables) to the row
   sparsity each group run reached: evaluated as pruned, and after fine-tuning
-  `--finetune-steps` steps with the pruned rows held at zero (the strong form
-  of the baseline).
+  `--finetune-steps` steps (one epoch by default) with the plain optimizer's
+  trained state and the pruned rows held at zero (the strong form of the
+  baseline).
 
 It prints one table of test AUC and log loss against row sparsity (mean and
 standard deviation over seeds), writes it as CSV and Markdown, and plots AUC
@@ -53,8 +54,8 @@ PAIRS = {
     "momentum": (lambda **kw: gl.GroupMomentum(momentum=0.9, **kw),
                  lambda lr: keras.optimizers.SGD(lr, momentum=0.9), 0.05,
                  [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]),
-    "ftrl": (gl.GroupFtrl, lambda lr: keras.optimizers.Ftrl(lr), 0.05,
-             [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]),
+    "ftrl": (gl.GroupFtrl, lambda lr: keras.optimizers.Ftrl(lr), 0.2,
+             [5e-4, 1e-3, 2e-3, 4e-3, 8e-3]),
 }
 LOADERS = {"criteo": ctr_data.load_criteo, "avazu": ctr_data.load_avazu}
 
@@ -83,14 +84,20 @@ def train(data, optimizer, seed, epochs, batch_size=256):
     return model
 
 
-def prune_and_finetune(model, weights, data, target, optimizer, steps, batch_size=256):
-    """Magnitude-prune a copy of the plain model to `target`; evaluate, fine-tune, evaluate."""
+def prune_and_finetune(model, weights, optimizer_state, data, target, steps, batch_size=256):
+    """Magnitude-prune the trained plain model to `target`; evaluate, fine-tune, evaluate.
+
+    Fine-tuning continues with the plain optimizer's own trained state (a fresh
+    Keras Ftrl would zero every row a batch does not touch on its first step),
+    with the pruned rows held at zero after every batch.
+    """
     model.set_weights(weights)
+    for variable, value in zip(model.optimizer.variables, optimizer_state):
+        variable.assign(value)
     pruning.magnitude_prune(model, target, per_table=False)
     pruned = evaluate(model, data)
     if steps <= 0:
         return pruned, pruned
-    model.compile(optimizer=optimizer, loss="binary_crossentropy")
     keep = pruning.GradualPruning(final_sparsity=target, initial_sparsity=target, begin_step=1,
                                   end_step=1, per_table=False)
     n = steps * batch_size
@@ -112,6 +119,7 @@ def run(args):
                 start = time.perf_counter()
                 base = train(data, plain(lr), seed, args.epochs)
                 base_weights = base.get_weights()
+                base_state = [v.numpy() for v in base.optimizer.variables]
                 auc, loss, _ = evaluate(base, data)
                 rows.append(dict(dataset=dataset, optimizer=name, method="plain", l21=0.0,
                                  seed=seed, sparsity=0.0, auc=auc, logloss=loss))
@@ -121,7 +129,7 @@ def run(args):
                     rows.append(dict(dataset=dataset, optimizer=name, method="group", l21=l21,
                                      seed=seed, sparsity=s, auc=auc, logloss=loss))
                     (p_auc, p_loss, p_s), (f_auc, f_loss, f_s) = prune_and_finetune(
-                        base, base_weights, data, s, plain(lr), args.finetune_steps)
+                        base, base_weights, base_state, data, s, args.finetune_steps)
                     rows.append(dict(dataset=dataset, optimizer=name, method="plain+prune",
                                      l21=l21, seed=seed, sparsity=p_s, auc=p_auc, logloss=p_loss))
                     rows.append(dict(dataset=dataset, optimizer=name, method="plain+prune+finetune",
@@ -217,13 +225,25 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--finetune-steps", type=int, default=29)
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "quality"))
+    parser.add_argument("--from-csv", help="summarize the runs of these quality_runs.csv files "
+                                           "(comma-separated) instead of training")
     args = parser.parse_args(argv)
     args.datasets = args.datasets.split(",")
     args.optimizers = args.optimizers.split(",")
     if args.quick:
         args.datasets, args.optimizers = args.datasets[:1], args.optimizers[:1]
         args.seeds, args.epochs, args.finetune_steps = 1, 1, 5
-    rows = run(args)
+    if args.from_csv:
+        rows = []
+        for path in args.from_csv.split(","):
+            with open(path, newline="") as f:
+                for r in csv.DictReader(f):
+                    for key in ("l21", "sparsity", "auc", "logloss"):
+                        r[key] = float(r[key])
+                    r["seed"] = int(r["seed"])
+                    rows.append(r)
+    else:
+        rows = run(args)
     table = summarize(rows)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "quality_runs.csv"), "w", newline="") as f:
