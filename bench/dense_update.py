@@ -10,7 +10,7 @@ inside a tf.function, and its ratio to ResourceApplyAdam.
 
 import argparse
 import os
-import time
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,8 +18,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_seconds, reference_path  # noqa: E402
+
 import group_lasso_tf as gl  # noqa: E402
-from group_lasso_tf.optimizers import base as gl_base  # noqa: E402
 
 
 def optimizer_step(factory, force_reference=False):
@@ -31,12 +33,8 @@ def optimizer_step(factory, force_reference=False):
             if not force_reference:
                 opt.apply([grad], [var])
                 return
-            original = gl_base._ops.fused_ops
-            gl_base._ops.fused_ops = lambda: None
-            try:
+            with reference_path():
                 opt.apply([grad], [var])
-            finally:
-                gl_base._ops.fused_ops = original
         return step
     return make
 
@@ -65,14 +63,7 @@ def time_method(make, shape, grad_value, steps):
     def step():
         update()
 
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_seconds(step, steps)
 
 
 def main(argv=None):

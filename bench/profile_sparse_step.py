@@ -11,7 +11,6 @@ gradients (no duplicates to group).
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -19,6 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_seconds  # noqa: E402
 from sparse_update import zipf_ids  # noqa: E402
 
 from group_lasso_tf import _core  # noqa: E402
@@ -28,13 +28,7 @@ HYPER = [0.9, 0.999, 0.9, 0.999, 1e-7]
 
 
 def median_ms(fn, repeats=20):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+    return median_seconds(fn, repeats, warmup=1) * 1e3
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ slots on a 24 GB machine). `--quick` is a small smoke run.
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,8 +31,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_seconds, reference_path  # noqa: E402
+
 import group_lasso_tf as gl  # noqa: E402
-from group_lasso_tf.optimizers import base as gl_base  # noqa: E402
 
 
 def zipf_ids(rng, rows, n, a=1.2):
@@ -64,13 +67,10 @@ def reference_step(cls):
     def make(table, grad):
         opt = cls(learning_rate=1e-3, l1=1e-6, l21=1e-4)
         opt.build([table])
-        original = gl_base._ops.fused_ops
+
         def step():
-            gl_base._ops.fused_ops = lambda: None
-            try:
+            with reference_path():
                 opt.apply([grad], [table])
-            finally:
-                gl_base._ops.fused_ops = original
         return step
     return make
 
@@ -113,14 +113,8 @@ def time_method(make, rows, dim, ids, values, steps):
     @tf.function
     def step():
         update()
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()  # a tf.function call on the CPU returns when its ops have run
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+
+    return median_seconds(step, steps)
 
 
 def copy_bandwidth(megabytes=512, repeats=5):

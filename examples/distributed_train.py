@@ -120,7 +120,6 @@ def main(argv=None):
     import ctr_data
     import group_lasso_tf as gl
 
-    keras.config.disable_traceback_filtering()
     keras.utils.set_random_seed(0)
     data = ctr_data.load_criteo()
     n = args.global_batch * args.steps

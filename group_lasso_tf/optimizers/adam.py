@@ -53,28 +53,10 @@ class GroupAdam(base.GroupLassoOptimizer):
         beta_2=0.999,
         epsilon=1e-7,
         amsgrad=False,
-        l1=0.0,
-        l21=0.0,
-        l2=0.0,
-        lazy=True,
-        unregularized=None,
-        regularize_vectors=False,
-        use_locking=True,
         name="group_adam",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            l1=l1,
-            l21=l21,
-            l2=l2,
-            lazy=lazy,
-            unregularized=unregularized,
-            regularize_vectors=regularize_vectors,
-            use_locking=use_locking,
-            name=name,
-            **kwargs,
-        )
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
