@@ -24,6 +24,7 @@ are sane.
 
 import argparse
 import csv
+import itertools
 import os
 import sys
 import time
@@ -50,10 +51,10 @@ PAIRS = {
     "amsgrad": (gl.GroupAMSGrad, lambda lr: keras.optimizers.Adam(lr, amsgrad=True), 2e-3,
                 [1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3]),
     "adagrad": (gl.GroupAdagrad, lambda lr: keras.optimizers.Adagrad(lr), 0.05,
-                [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]),
+                [0.25, 0.5, 1.0, 2.0, 4.0]),
     "momentum": (lambda **kw: gl.GroupMomentum(momentum=0.9, **kw),
                  lambda lr: keras.optimizers.SGD(lr, momentum=0.9), 0.05,
-                 [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]),
+                 [0.25, 0.5, 1.0, 2.0, 4.0]),
     "ftrl": (gl.GroupFtrl, lambda lr: keras.optimizers.Ftrl(lr), 0.2,
              [5e-4, 1e-3, 2e-3, 4e-3, 8e-3]),
 }
@@ -183,9 +184,13 @@ def plot(table, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({(t["dataset"], t["optimizer"]) for t in table})
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-    for ax, (dataset, optimizer) in zip(axes[0], keys):
+    datasets = sorted({t["dataset"] for t in table})
+    optimizers = sorted({t["optimizer"] for t in table})
+    fig, axes = plt.subplots(len(datasets), len(optimizers),
+                             figsize=(3.6 * len(optimizers), 3.2 * len(datasets)), squeeze=False)
+    for (row, dataset), (col, optimizer) in itertools.product(enumerate(datasets),
+                                                               enumerate(optimizers)):
+        ax = axes[row][col]
         for method, style in (("group", "o-"), ("plain+prune", "s:"), ("plain+prune+finetune", "^--")):
             pts = sorted((t["sparsity"], t["auc"], t["auc_std"]) for t in table
                          if (t["dataset"], t["optimizer"], t["method"]) == (dataset, optimizer, method))
