@@ -25,7 +25,6 @@ optimizer state; `--restore` resumes from the latest one.
 """
 
 import argparse
-import json
 import os
 import sys
 

@@ -1,7 +1,6 @@
 """Group Adagrad: Adagrad with the sparse group lasso (Yue et al., 2021)."""
 
 import keras
-import tensorflow as tf
 
 from group_lasso_tf.optimizers import base
 

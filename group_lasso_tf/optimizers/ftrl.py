@@ -1,7 +1,6 @@
 """Group FTRL: Keras's FTRL-proximal with the group lasso added."""
 
 import keras
-import tensorflow as tf
 
 from group_lasso_tf.optimizers import base
 
