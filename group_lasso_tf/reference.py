@@ -8,24 +8,29 @@ The same math as the C++ kernels (cc/group_lasso/rules.h and prox.h), used
 
 Each rule takes the same inputs, in the same order, as the fused op of its
 optimizer: slots (linear last), then lr, l1, l21, l2 and the rule's own
-hyperparameters (`HYPER_NAMES`).
+hyperparameters (`HYPER_NAMES`). The "adahessian" rule also takes `hessian`,
+the Hessian-diagonal estimate, laid out like the gradient.
 """
 
 import math
 
 import tensorflow as tf
 
+# Rules whose moment update reads a Hessian-diagonal estimate.
+HESSIAN_RULES = ("adahessian",)
+
 HYPER_NAMES = {
     "adam": ("beta1_power", "beta2_power", "beta1", "beta2", "epsilon"),
     "amsgrad": ("beta1_power", "beta2_power", "beta1", "beta2", "epsilon"),
+    "adahessian": ("beta1_power", "beta2_power", "beta1", "beta2", "epsilon", "hessian_power"),
     "adagrad": ("epsilon",),
     "momentum": ("momentum",),
     "ftrl": ("l2_shrinkage", "beta", "lr_power"),
 }
 
 
-def _adam_step(g, x, slots, lr, h, nesterov):
-    del x, nesterov
+def _adam_step(g, x, slots, lr, h, nesterov, hess=None):
+    del x, nesterov, hess
     beta1_power, beta2_power, beta1, beta2, eps = h
     m, v = slots[0], slots[1]
     alpha = lr * tf.sqrt(1 - beta2_power) / (1 - beta1_power)
@@ -35,8 +40,8 @@ def _adam_step(g, x, slots, lr, h, nesterov):
     return [m, v], alpha * m, p_old, tf.sqrt(v) + eps
 
 
-def _amsgrad_step(g, x, slots, lr, h, nesterov):
-    del x, nesterov
+def _amsgrad_step(g, x, slots, lr, h, nesterov, hess=None):
+    del x, nesterov, hess
     beta1_power, beta2_power, beta1, beta2, eps = h
     m, v, vhat = slots[0], slots[1], slots[2]
     alpha = lr * tf.sqrt(1 - beta2_power) / (1 - beta1_power)
@@ -47,8 +52,25 @@ def _amsgrad_step(g, x, slots, lr, h, nesterov):
     return [m, v, vhat], alpha * m, p_old, tf.sqrt(vhat) + eps
 
 
-def _adagrad_step(g, x, slots, lr, h, nesterov):
+def _half_power(v, half_power):
+    # v^(k/2); k = 1 (the default) is a square root, as in the C++ kernels.
+    return tf.where(tf.equal(half_power, 0.5), tf.sqrt(v), tf.pow(v, half_power))
+
+
+def _adahessian_step(g, x, slots, lr, h, nesterov, hess=None):
     del x, nesterov
+    beta1_power, beta2_power, beta1, beta2, eps, hessian_power = h
+    half = hessian_power / 2
+    m, v = slots[0], slots[1]
+    alpha = lr * _half_power(1 - beta2_power, half) / (1 - beta1_power)
+    p_old = _half_power(v, half) + eps
+    m = m + (g - m) * (1 - beta1)
+    v = v + (hess * hess - v) * (1 - beta2)
+    return [m, v], alpha * m, p_old, _half_power(v, half) + eps
+
+
+def _adagrad_step(g, x, slots, lr, h, nesterov, hess=None):
+    del x, nesterov, hess
     (eps,) = h
     acc = slots[0]
     p_old = tf.sqrt(acc + eps)
@@ -56,8 +78,8 @@ def _adagrad_step(g, x, slots, lr, h, nesterov):
     return [acc], lr * g, p_old, tf.sqrt(acc + eps)
 
 
-def _momentum_step(g, x, slots, lr, h, nesterov):
-    del x
+def _momentum_step(g, x, slots, lr, h, nesterov, hess=None):
+    del x, hess
     (mu,) = h
     m = mu * slots[0] - lr * g
     step = mu * m - lr * g if nesterov else m
@@ -70,8 +92,8 @@ def _pow_neg(x, power):
     return tf.where(tf.equal(power, -0.5), tf.sqrt(x), tf.pow(x, -power))
 
 
-def _ftrl_step(g, x, slots, lr, h, nesterov):
-    del nesterov
+def _ftrl_step(g, x, slots, lr, h, nesterov, hess=None):
+    del nesterov, hess
     l2_shrinkage, _, lr_power = h
     acc = slots[0]
     p_old = _pow_neg(acc, lr_power) / lr
@@ -82,6 +104,7 @@ def _ftrl_step(g, x, slots, lr, h, nesterov):
 _STEPS = {
     "adam": _adam_step,
     "amsgrad": _amsgrad_step,
+    "adahessian": _adahessian_step,
     "adagrad": _adagrad_step,
     "momentum": _momentum_step,
     "ftrl": _ftrl_step,
@@ -96,14 +119,23 @@ def _thresholds(rule, lr, l1, l21, l2, h, d):
     return lr * l1, lr * l21 * sqrt_d, 2 * lr * l2
 
 
-def row_step(rule, x, slots, g, lr, l1, l21, l2, hyper, nesterov=False):
-    """One step on a batch of rows: x, slots, g are [rows, d] tensors.
+def _check_hessian(rule, hessian):
+    if (rule in HESSIAN_RULES) != (hessian is not None):
+        raise ValueError(
+            f"rule {rule!r} requires `hessian`" if hessian is None
+            else f"`hessian` is only accepted by the rules {HESSIAN_RULES}, not {rule!r}"
+        )
+
+
+def row_step(rule, x, slots, g, lr, l1, l21, l2, hyper, nesterov=False, hessian=None):
+    """One step on a batch of rows: x, slots, g (and hessian) are [rows, d] tensors.
 
     Returns the new x and the new slots (linear last), as tensors.
     """
+    _check_hessian(rule, hessian)
     d = x.shape[-1]
     lin = slots[-1]
-    new_moments, a, p_old, p_new = _STEPS[rule](g, x, slots[:-1], lr, hyper, nesterov)
+    new_moments, a, p_old, p_new = _STEPS[rule](g, x, slots[:-1], lr, hyper, nesterov, hessian)
     if rule != "ftrl":
         # A row never updated has an all-zero linear slot; its first update
         # uses p_old = 0, which makes the step exact for any initial weights.
@@ -137,7 +169,8 @@ def anchor_linear(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
     slots are [rows, d] tensors; the moment slots are not changed.
     """
     d = x.shape[-1]
-    _, _, p, _ = _STEPS[rule](tf.zeros_like(x), x, slots[:-1], lr, hyper, nesterov)
+    zeros = tf.zeros_like(x)
+    _, _, p, _ = _STEPS[rule](zeros, x, slots[:-1], lr, hyper, nesterov, zeros)
     t1, t21, t2 = _thresholds(rule, lr, l1, l21, l2, hyper, d)
     u = (p + t2) * x
     norm = tf.norm(u, axis=-1, keepdims=True)
@@ -162,30 +195,33 @@ def _as_rows(t):
     return tf.reshape(t, [tf.shape(t)[0], -1])
 
 
-def apply_dense(rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov=False):
+def apply_dense(rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov=False, hessian=None):
     """Updates tf.Variables `var` and `slots` in place with a dense gradient."""
+    _check_hessian(rule, hessian)
     shape = tf.shape(var)
     x = _as_rows(var.read_value())
     if x.shape[-1] is None or 0 in x.shape:
         return tf.no_op()
+    if hessian is not None:
+        hessian = _as_rows(tf.convert_to_tensor(hessian, var.dtype))
     new_x, new_slots = row_step(
         rule,
         x,
         [_as_rows(s.read_value()) for s in slots],
         _as_rows(tf.convert_to_tensor(grad, var.dtype)),
-        lr, l1, l21, l2, hyper, nesterov,
+        lr, l1, l21, l2, hyper, nesterov, hessian,
     )
     updates = [s.assign(tf.reshape(t, shape)) for s, t in zip(slots, new_slots)]
     updates.append(var.assign(tf.reshape(new_x, shape)))
     return tf.group(updates)
 
 
-def _row_gradients(grad, indices):
-    """Each position's row gradient summed over all positions with its id.
+def id_runs(indices):
+    """For each position: the number of its id among the distinct ids, and
+    whether it is the first position holding that id.
 
-    Static shapes only (XLA clusters allow no tf.unique): sort the ids, number
-    the runs of equal ids, segment-sum into at most n segments, gather back.
-    Duplicate ids then compute identical rows, so their scatter order is moot.
+    Static shapes only (XLA clusters allow no tf.unique): a stable sort of the
+    ids, runs of equal ids numbered, mapped back to positions.
     """
     n = tf.shape(indices)[0]
     order = tf.argsort(indices, stable=True)
@@ -193,14 +229,47 @@ def _row_gradients(grad, indices):
     is_new = tf.logical_or(
         tf.equal(tf.range(n), 0), tf.not_equal(sorted_ids, tf.roll(sorted_ids, 1, axis=0))
     )
+    rank = tf.argsort(order)  # position -> its place in sorted order
     run_sorted = tf.cumsum(tf.cast(is_new, tf.int32)) - 1
-    run_of_position = tf.gather(run_sorted, tf.argsort(order))
-    summed = tf.math.unsorted_segment_sum(grad, run_of_position, n)
+    return tf.gather(run_sorted, rank), tf.gather(is_new, rank)
+
+
+def row_sums(values, indices):
+    """`values` (one row per position) summed over the positions of each id,
+    given back at every position. Duplicate ids then hold identical rows, so
+    the order in which they are scattered is moot."""
+    run_of_position, _ = id_runs(indices)
+    summed = tf.math.unsorted_segment_sum(values, run_of_position, tf.shape(indices)[0])
     return tf.gather(summed, run_of_position)
 
 
-def apply_sparse(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov=False):
+def first_positions(indices):
+    """Boolean mask: True at the first position of each distinct id."""
+    return id_runs(indices)[1]
+
+
+def rows_at(values, indices, target_indices):
+    """Rows of (values, indices), summed per id, laid out on `target_indices`.
+
+    The sum of each id's rows sits at the first position of that id in
+    `target_indices`, zeros everywhere else (and ids absent from
+    `target_indices` are dropped), so that summing duplicates over
+    `target_indices`, as the sparse ops do, gives back each id's sum once.
+    """
+    n = tf.shape(target_indices)[0]
+    combined = tf.concat([target_indices, tf.cast(indices, target_indices.dtype)], 0)
+    zeros = tf.zeros(tf.concat([[n], tf.shape(values)[1:]], 0), values.dtype)
+    sums = row_sums(tf.concat([zeros, values], 0), combined)[:n]
+    first = tf.reshape(first_positions(target_indices), [-1] + [1] * (values.shape.rank - 1))
+    return tf.where(first, sums, tf.zeros_like(sums))
+
+
+def apply_sparse(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov=False,
+                 hessian=None):
     """Lazy update of the rows of `var` named by `indices` (duplicates summed).
+
+    `hessian` (rules in HESSIAN_RULES) has one row per index, like `grad`, and
+    its duplicates are summed too.
 
     Out-of-range ids fail an assertion before anything is written; inside an
     XLA cluster assertions are dropped by the compiler, so ids must be valid.
@@ -215,12 +284,15 @@ def apply_sparse(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nester
     n = tf.shape(indices)[0]
     d = var.shape.num_elements() // var.shape[0] if var.shape[0] else 0
     flat = lambda t: tf.reshape(t, [n, d])  # noqa: E731
-    g = flat(_row_gradients(grad, indices))
+    _check_hessian(rule, hessian)
+    g = flat(row_sums(grad, indices))
+    if hessian is not None:
+        hessian = flat(row_sums(tf.convert_to_tensor(hessian, var.dtype), indices))
     new_x, new_slots = row_step(
         rule,
         flat(tf.gather(var, indices)),
         [flat(tf.gather(s, indices)) for s in slots],
-        g, lr, l1, l21, l2, hyper, nesterov,
+        g, lr, l1, l21, l2, hyper, nesterov, hessian,
     )
     full = tf.shape(grad)
     updates = [

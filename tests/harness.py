@@ -14,13 +14,15 @@ from group_lasso_tf.optimizers.base import _OP_SUFFIX
 
 import np_reference
 
-RULES = ("adam", "amsgrad", "adagrad", "momentum", "ftrl")
+RULES = ("adam", "amsgrad", "adahessian", "adagrad", "momentum", "ftrl")
 
 # Hyperparameters exactly representable in float32, so that float32 and
 # float64 runs see the same values.
 BASE_HP = {
     "adam": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
     "amsgrad": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
+    "adahessian": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20,
+                   "hessian_power": 1.0},
     "adagrad": {"epsilon": 2.0**-20, "initial_accumulator_value": 0.125},
     "momentum": {"momentum": 0.875, "nesterov": False},
     "ftrl": {"learning_rate_power": -0.5, "l2_shrinkage": 0.0, "beta": 0.0,
@@ -30,8 +32,9 @@ BASE_HP = {
 
 def hyper_list(rule, hp, t):
     """The rule's op inputs after lr, l1, l21, l2, in op order."""
-    if rule in ("adam", "amsgrad"):
-        return [hp["beta_1"] ** t, hp["beta_2"] ** t, hp["beta_1"], hp["beta_2"], hp["epsilon"]]
+    if rule in ("adam", "amsgrad", "adahessian"):
+        adam = [hp["beta_1"] ** t, hp["beta_2"] ** t, hp["beta_1"], hp["beta_2"], hp["epsilon"]]
+        return adam + [hp["hessian_power"]] if rule == "adahessian" else adam
     if rule == "adagrad":
         return [hp["epsilon"]]
     if rule == "momentum":
@@ -43,7 +46,8 @@ def slot_names(rule):
     return np_reference.SLOTS[rule]
 
 
-def run_fused(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np.int32):
+def run_fused(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np.int32,
+              hess=None):
     ops = fused_ops()
     dtype = var.dtype
     v = tf.Variable(var)
@@ -51,21 +55,23 @@ def run_fused(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=n
     scalars = [tf.constant(x, dtype) for x in [lr, l1, l21, l2] + hyper_list(rule, hp, t)]
     attrs = {"use_nesterov": hp["nesterov"]} if rule == "momentum" else {}
     suffix = _OP_SUFFIX[rule]
+    extra = [] if hess is None else [tf.constant(np.asarray(hess, dtype))]
     if ids is None:
         getattr(ops, f"resource_apply_group_{suffix}")(
-            v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad), **attrs)
+            v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad), *extra, **attrs)
     else:
         getattr(ops, f"resource_sparse_apply_group_{suffix}")(
-            v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad),
+            v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad), *extra,
             tf.constant(np.asarray(ids, index_dtype)), **attrs)
     return v.numpy(), {k: s.numpy() for k, s in zip(slot_names(rule), slots)}
 
 
-def run_core(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np.int32):
+def run_core(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np.int32,
+             hess=None):
     var = var.copy()
     slots = [state[k].astype(var.dtype).copy() for k in slot_names(rule)]
     args = dict(lr=lr, l1=l1, l21=l21, l2=l2, hyper=hyper_list(rule, hp, t),
-                nesterov=hp.get("nesterov", False))
+                nesterov=hp.get("nesterov", False), hessian=hess)
     if ids is None:
         _core.apply_dense(rule, var, slots, grad, **args)
     else:
@@ -74,7 +80,7 @@ def run_core(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np
 
 
 def run_reference(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t,
-                  index_dtype=np.int32, jit_compile=None):
+                  index_dtype=np.int32, jit_compile=None, hess=None):
     dtype = var.dtype
     v = tf.Variable(var)
     slots = [tf.Variable(state[k].astype(dtype)) for k in slot_names(rule)]
@@ -83,11 +89,13 @@ def run_reference(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t,
         scalars = [tf.constant(x, dtype) for x in [lr, l1, l21, l2]]
         hyper = [tf.constant(x, dtype) for x in hyper_list(rule, hp, t)]
         nesterov = hp.get("nesterov", False)
+        h = None if hess is None else tf.constant(np.asarray(hess, dtype))
         if ids is None:
-            return reference.apply_dense(rule, v, slots, tf.constant(grad), *scalars, hyper, nesterov)
+            return reference.apply_dense(rule, v, slots, tf.constant(grad), *scalars, hyper,
+                                         nesterov, h)
         return reference.apply_sparse(rule, v, slots, tf.constant(grad),
                                       tf.constant(np.asarray(ids, index_dtype)),
-                                      *scalars, hyper, nesterov)
+                                      *scalars, hyper, nesterov, h)
 
     if jit_compile is None:
         step()
@@ -96,10 +104,19 @@ def run_reference(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t,
     return v.numpy(), {k: s.numpy() for k, s in zip(slot_names(rule), slots)}
 
 
-def run_numpy(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=None):
+def run_numpy(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=None,
+              hess=None):
     if ids is None:
-        return np_reference.dense_step(rule, var, state, grad, lr, l1, l21, l2, hp, t)
-    return np_reference.sparse_step(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t)
+        return np_reference.dense_step(rule, var, state, grad, lr, l1, l21, l2, hp, t, hess)
+    return np_reference.sparse_step(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, hess)
+
+
+def hessian_like(rng, rule, grad):
+    """A Hessian-diagonal estimate for rules that read one (None otherwise):
+    random, of mixed signs (Hutchinson estimates can be negative)."""
+    if rule != "adahessian":
+        return None
+    return rng.normal(size=np.shape(grad)) * np.abs(grad) * 2 + 0.1 * rng.normal(size=np.shape(grad))
 
 
 def rel_err(actual, expected):

@@ -10,16 +10,26 @@ import numpy as np
 SLOTS = {
     "adam": ("m", "v", "linear"),
     "amsgrad": ("m", "v", "vhat", "linear"),
+    "adahessian": ("m", "v", "linear"),
     "adagrad": ("acc", "linear"),
     "momentum": ("m", "linear"),
     "ftrl": ("acc", "linear"),
 }
 
 
-def _moments(rule, g, x, state, lr, hp, t):
-    """Per-element moment rule: returns new moments, a, p_old, p_new."""
+def _moments(rule, g, x, state, lr, hp, t, hess=None):
+    """Per-element moment rule: returns new moments, a, p_old, p_new.
+
+    `hess` is AdaHessian's Hessian-diagonal estimate D (other rules ignore it).
+    """
     new = {}
-    if rule in ("adam", "amsgrad"):
+    if rule == "adahessian":
+        b1, b2, eps, k = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["hessian_power"]
+        new["m"] = b1 * state["m"] + (1 - b1) * g
+        new["v"] = b2 * state["v"] + (1 - b2) * hess * hess
+        a = lr * (1 - b2**t) ** (k / 2) / (1 - b1**t) * new["m"]
+        p_old, p_new = state["v"] ** (k / 2) + eps, new["v"] ** (k / 2) + eps
+    elif rule in ("adam", "amsgrad"):
         b1, b2, eps = hp["beta_1"], hp["beta_2"], hp["epsilon"]
         m, v = state["m"], state["v"]
         new["m"] = b1 * m + (1 - b1) * g
@@ -50,11 +60,11 @@ def _moments(rule, g, x, state, lr, hp, t):
     return new, a, p_old, p_new
 
 
-def row_step(rule, x, state, g, lr, l1, l21, l2, hp, t):
+def row_step(rule, x, state, g, lr, l1, l21, l2, hp, t, hess=None):
     """One step on a single row (1-D arrays). Returns (x', state')."""
     d = x.size
     lin = state["linear"]
-    new, a, p_old, p_new = _moments(rule, g, x, state, lr, hp, t)
+    new, a, p_old, p_new = _moments(rule, g, x, state, lr, hp, t, hess)
     if rule == "ftrl":
         t1, t21, t2 = l1, l21 * np.sqrt(d), 2 * (l2 + hp["beta"] / (2 * lr))
     else:
@@ -78,32 +88,37 @@ def _rows(a):
     return a.reshape(a.shape[0] if a.ndim else 1, -1)
 
 
-def dense_step(rule, var, state, grad, lr, l1, l21, l2, hp, t):
+def dense_step(rule, var, state, grad, lr, l1, l21, l2, hp, t, hess=None):
     """Returns (var', state') for a dense gradient; inputs are not modified."""
     var = np.array(var, np.float64)
     state = {k: np.array(v, np.float64) for k, v in state.items()}
     xs, gs = _rows(var), _rows(np.asarray(grad, np.float64))
+    hs = None if hess is None else _rows(np.asarray(hess, np.float64))
     ss = {k: _rows(v) for k, v in state.items()}
     for r in range(xs.shape[0]):
         x_new, new = row_step(rule, xs[r].copy(), {k: v[r].copy() for k, v in ss.items()},
-                              gs[r], lr, l1, l21, l2, hp, t)
+                              gs[r], lr, l1, l21, l2, hp, t, None if hs is None else hs[r])
         xs[r] = x_new
         for k in ss:
             ss[k][r] = new[k]
     return var, state
 
 
-def sparse_step(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t):
-    """Lazy step on the rows named by ids (duplicates summed)."""
+def sparse_step(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, hess=None):
+    """Lazy step on the rows named by ids (duplicates summed, D's too)."""
     var = np.array(var, np.float64)
     state = {k: np.array(v, np.float64) for k, v in state.items()}
-    grad = np.asarray(grad, np.float64).reshape(len(ids), int(np.prod(var.shape[1:])))
+    width = int(np.prod(var.shape[1:]))
+    grad = np.asarray(grad, np.float64).reshape(len(ids), width)
+    if hess is not None:
+        hess = np.asarray(hess, np.float64).reshape(len(ids), width)
     xs = _rows(var)
     ss = {k: _rows(v) for k, v in state.items()}
     for row in np.unique(ids):
-        g = grad[np.asarray(ids) == row].sum(axis=0)
+        at = np.asarray(ids) == row
+        h = None if hess is None else hess[at].sum(axis=0)
         x_new, new = row_step(rule, xs[row].copy(), {k: v[row].copy() for k, v in ss.items()},
-                              g, lr, l1, l21, l2, hp, t)
+                              grad[at].sum(axis=0), lr, l1, l21, l2, hp, t, h)
         xs[row] = x_new
         for k in ss:
             ss[k][row] = new[k]

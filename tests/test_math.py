@@ -31,6 +31,8 @@ def make_problem(rng, rule, rows=16, dim=6):
     hp = dict(harness.BASE_HP[rule])
     if rule == "momentum":
         hp["nesterov"] = bool(rng.integers(2))
+    if rule == "adahessian":
+        hp["hessian_power"] = float(rng.choice([1.0, 0.5, 0.75]))
     lr = float(rng.uniform(0.05, 0.3))
     if rule == "ftrl":
         hp.update(l2_shrinkage=float(rng.uniform(0, 0.1)), beta=float(rng.uniform(0, 0.5)),
@@ -38,7 +40,7 @@ def make_problem(rng, rule, rows=16, dim=6):
         strengths = dict(l1=float(rng.uniform(0, 0.05)), l21=float(rng.uniform(0.05, 0.2)),
                          l2=float(rng.uniform(0, 0.1)))
     else:
-        l21_range = (0.01, 0.04) if rule in ("adam", "amsgrad") else (0.1, 0.4)
+        l21_range = (0.01, 0.04) if rule in ("adam", "amsgrad", "adahessian") else (0.1, 0.4)
         strengths = dict(l1=float(rng.uniform(0, 0.05)), l21=float(rng.uniform(*l21_range)),
                          l2=float(rng.uniform(0, 0.1)))
     state = np_reference.initial_state(rule, var.shape, hp)
@@ -72,10 +74,11 @@ def test_float64_sequence_matches_numpy(rule, mode, impl, rng):
     zeroed, touched = set(), set()
     for t in range(1, 8):
         grad, ids = step_inputs(rng, t, rows, dim, row_scale, mode != "dense")
-        ours, our_state = IMPLS[impl](rule, ours, our_state, grad, ids, lr,
-                                      hp=hp, t=t, index_dtype=index_dtype, **strengths)
+        hess = harness.hessian_like(rng, rule, grad)
+        ours, our_state = IMPLS[impl](rule, ours, our_state, grad, ids, lr, hp=hp, t=t,
+                                      index_dtype=index_dtype, hess=hess, **strengths)
         ref, ref_state = harness.run_numpy(rule, ref, ref_state, grad, ids, lr,
-                                           hp=hp, t=t, **strengths)
+                                           hp=hp, t=t, hess=hess, **strengths)
         assert harness.rel_err(ours, ref) <= 1e-12, (t, ours, ref)
         for k in ref_state:
             assert harness.rel_err(our_state[k], ref_state[k]) <= 1e-12, (t, k)
@@ -104,11 +107,14 @@ def test_float32_step_matches_numpy(rule, sparse, impl, rng):
     for t in range(1, 6):
         grad, ids = step_inputs(rng, t, rows, dim, row_scale, sparse)
         grad = grad.astype(np.float32)
+        hess = harness.hessian_like(rng, rule, grad)
+        hess = None if hess is None else hess.astype(np.float32)
         ref, ref_state = harness.run_numpy(rule, ours.astype(np.float64),
                                            {k: v.astype(np.float64) for k, v in our_state.items()},
-                                           grad, ids, lr, hp=hp, t=t, **strengths)
+                                           grad, ids, lr, hp=hp, t=t, hess=hess, **strengths)
         ours, our_state = IMPLS[impl](rule, ours, our_state, grad, ids, np.float32(lr),
-                                      hp=hp, t=t, **{k: np.float32(v) for k, v in strengths.items()})
+                                      hp=hp, t=t, hess=hess,
+                                      **{k: np.float32(v) for k, v in strengths.items()})
         assert ours.dtype == np.float32
         assert harness.rel_err(ours, ref) <= 1e-5, t
         for k in ref_state:
@@ -120,8 +126,9 @@ def test_zero_strengths_reduce_to_plain_update(rule, rng):
     """x' = x - a / p_new on a fresh row, for any initial weights (paper.md)."""
     var, state, hp, lr, _, _ = make_problem(rng, rule)
     grad = rng.normal(size=var.shape)
-    ours, _ = harness.run_fused(rule, var, state, grad, None, lr, 0.0, 0.0, 0.0, hp, 1)
-    _, a, _, p_new = np_reference._moments(rule, grad, var, state, lr, hp, 1)
+    hess = harness.hessian_like(rng, rule, grad)
+    ours, _ = harness.run_fused(rule, var, state, grad, None, lr, 0.0, 0.0, 0.0, hp, 1, hess=hess)
+    _, a, _, p_new = np_reference._moments(rule, grad, var, state, lr, hp, 1, hess)
     if rule == "ftrl":  # FTRL's first step is not "fresh": Keras's own form
         return
     assert harness.rel_err(ours, var - a / p_new) <= 1e-12

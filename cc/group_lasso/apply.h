@@ -28,6 +28,36 @@ StepConfig<Rule, T> MakeStepConfig(T lr, T l1, T l21, T l2, const T* hyper,
           Rule::MakeThresholds(lr, l1, l21, l2, hyper, d)};
 }
 
+// AdaHessian's stored estimate (update_every > 1): a variable-shaped array
+// of the last Hessian-diagonal estimate per row. On an estimating step the
+// fresh estimate of each updated row is written to it; on other steps the
+// row's stored estimate is used instead, or |g| for a row that has none yet
+// (all zero), the empirical-Fisher diagonal that Adam uses.
+template <typename T>
+struct HessianStore {
+  T* rows = nullptr;  // null: no store, the given estimate is used as is
+  bool estimate = true;
+};
+
+// The estimate a row step uses (see HessianStore); `scratch` holds |g| when
+// that is the answer. Returns `h` itself when there is no store.
+template <typename T>
+const T* StoredHessianRow(const HessianStore<T>& store, int64_t row, int64_t d,
+                          const T* g, const T* h, std::vector<T>* scratch) {
+  if (store.rows == nullptr) return h;
+  T* stored = store.rows + row * d;
+  if (store.estimate) {
+    std::copy(h, h + d, stored);
+    return h;
+  }
+  for (int64_t j = 0; j < d; ++j) {
+    if (stored[j] != T(0)) return stored;
+  }
+  scratch->resize(d);
+  for (int64_t j = 0; j < d; ++j) (*scratch)[j] = g[j] < T(0) ? -g[j] : g[j];
+  return scratch->data();
+}
+
 // Rough cost of one row step in cycles, for TensorFlow's work sharder.
 template <typename Rule>
 int64_t RowCost(int64_t d) {
@@ -117,49 +147,75 @@ IdGroups<Tindex> GroupIds(const Tindex* ids, int64_t n) {
   return groups;
 }
 
-// Dense step: every row of a [num_rows, d] variable.
+// Dense step: every row of a [num_rows, d] variable. `hess` has the
+// layout of `grad` (read only if Rule::kUsesHessian).
 template <typename Rule, typename T, typename ParallelFor>
 void ApplyDense(const StepConfig<Rule, T>& config, int64_t num_rows, int64_t d,
-                T* var, T* const* slots, const T* grad,
-                ParallelFor&& parallel_for) {
+                T* var, T* const* slots, const T* grad, const T* hess,
+                ParallelFor&& parallel_for,
+                const HessianStore<T>& store = HessianStore<T>()) {
   parallel_for(num_rows, RowCost<Rule>(d), [&](int64_t begin, int64_t end) {
     T* row_slots[Rule::kNumSlots];
+    std::vector<T> scratch;
     for (int64_t r = begin; r < end; ++r) {
       for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = slots[k] + r * d;
+      const T* g = grad + r * d;
+      const T* h = Rule::kUsesHessian
+                       ? StoredHessianRow(store, r, d, g, hess + r * d, &scratch)
+                       : nullptr;
       UpdateRow<Rule>(config.params, config.thresholds, d, var + r * d,
-                      row_slots, grad + r * d);
+                      row_slots, g, h);
     }
   });
 }
 
-// Sparse step: the rows named in `groups`; gradient row i of `grad` belongs
-// to id ids[i]. Ids must have been range-checked (FirstOutOfRange) first.
+// Row u of a sparse batch (`values` holds one row of d per position): the
+// row of its only position, or the sum of its duplicates in `*summed`.
+template <typename T, typename Tindex>
+const T* GroupRow(const IdGroups<Tindex>& groups, int64_t u, int64_t d,
+                  const T* values, std::vector<T>* summed) {
+  const int64_t first = groups.starts[u];
+  const int64_t last = groups.starts[u + 1];
+  const T* row = values + groups.positions[first] * d;
+  if (last - first == 1) return row;
+  summed->assign(row, row + d);
+  for (int64_t k = first + 1; k < last; ++k) {
+    const T* rk = values + groups.positions[k] * d;
+    for (int64_t j = 0; j < d; ++j) (*summed)[j] += rk[j];
+  }
+  return summed->data();
+}
+
+// Sparse step: the rows named in `groups`; gradient row i of `grad` (and of
+// `hess`, read only if Rule::kUsesHessian) belongs to id ids[i]. Duplicates
+// are summed, the Hessian estimate like the gradient: both are sums over the
+// positions of a row. Ids must have been range-checked (FirstOutOfRange).
 template <typename Rule, typename T, typename Tindex, typename ParallelFor>
 void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
-                 T* const* slots, const T* grad, const IdGroups<Tindex>& groups,
-                 ParallelFor&& parallel_for) {
+                 T* const* slots, const T* grad, const T* hess,
+                 const IdGroups<Tindex>& groups, ParallelFor&& parallel_for,
+                 const HessianStore<T>& store = HessianStore<T>()) {
   parallel_for(groups.size(), RowCost<Rule>(d), [&](int64_t begin,
                                                     int64_t end) {
     T* row_slots[Rule::kNumSlots];
-    std::vector<T> summed;  // only allocated when a shard meets a duplicate
+    // Only allocated when a shard meets a duplicate (or a stored-estimate
+    // row with no estimate yet).
+    std::vector<T> summed_grad, summed_hess, scratch;
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t first = groups.starts[u];
-      const int64_t last = groups.starts[u + 1];
-      const T* g = grad + groups.positions[first] * d;
-      if (last - first > 1) {
-        summed.assign(g, g + d);
-        for (int64_t k = first + 1; k < last; ++k) {
-          const T* gk = grad + groups.positions[k] * d;
-          for (int64_t j = 0; j < d; ++j) summed[j] += gk[j];
-        }
-        g = summed.data();
-      }
       const int64_t row = static_cast<int64_t>(groups.ids[u]);
+      const T* g = GroupRow(groups, u, d, grad, &summed_grad);
+      const T* h = nullptr;
+      if (Rule::kUsesHessian) {
+        // On steps that reuse a stored estimate the given one is not read.
+        const bool reuse = store.rows != nullptr && !store.estimate;
+        const T* given = reuse ? nullptr : GroupRow(groups, u, d, hess, &summed_hess);
+        h = StoredHessianRow(store, row, d, g, given, &scratch);
+      }
       for (int k = 0; k < Rule::kNumSlots; ++k) {
         row_slots[k] = slots[k] + row * d;
       }
       UpdateRow<Rule>(config.params, config.thresholds, d, var + row * d,
-                      row_slots, g);
+                      row_slots, g, h);
     }
   });
 }

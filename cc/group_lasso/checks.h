@@ -39,6 +39,13 @@ std::string CheckRuleHyper(AMSGradRule, T lr, const T* h) {
   return CheckRuleHyper(AdamRule(), lr, h);
 }
 template <typename T>
+std::string CheckRuleHyper(AdaHessianRule, T lr, const T* h) {
+  const std::string adam = CheckRuleHyper(AdamRule(), lr, h);
+  if (!adam.empty()) return adam;
+  if (!InClosed(h[5], 0, 1)) return RangeError("hessian_power", h[5], "in [0, 1]");
+  return "";
+}
+template <typename T>
 std::string CheckRuleHyper(AdagradRule, T, const T* h) {
   if (!InHalfOpen(h[0], 0, INFINITY)) return RangeError("epsilon", h[0], "finite and >= 0");
   return "";

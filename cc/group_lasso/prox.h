@@ -51,14 +51,14 @@ GL_HOST_DEVICE inline bool IsFreshRow(const T* lin, int64_t d) {
 // update, soft threshold. Returns s and writes s / (p_new + t2) to *x, to be
 // multiplied by the group factor once the row's norm is known. old_weight is
 // 0 on a fresh row and 1 otherwise (a product, not a branch, so the loop
-// vectorizes).
+// vectorizes). h is the Hessian-diagonal element (0 for rules without one).
 template <typename Rule, typename T>
 GL_HOST_DEVICE inline T ElementPrePass(
     const typename Rule::template Params<T>& params, const Thresholds<T>& th,
-    T old_weight, T g, T* x, SlotRows<T, Rule::kNumSlots> slots, int64_t j) {
+    T old_weight, T g, T h, T* x, SlotRows<T, Rule::kNumSlots> slots, int64_t j) {
   T* lin = slots.row[Rule::kNumSlots - 1];
   const T x_old = *x;
-  const ElementStep<T> e = Rule::Step(params, g, x_old, slots, j);
+  const ElementStep<T> e = Rule::Step(params, g, h, x_old, slots, j);
   const T p_old = old_weight * e.p_old;  // 0 on a fresh row, else p_old
   const T l = lin[j] + e.a - (e.p_new - p_old) * x_old;
   lin[j] = l;
@@ -68,8 +68,9 @@ GL_HOST_DEVICE inline T ElementPrePass(
 }
 
 // One full row step, in place. `x` and `slots[k]` point at the row (d
-// elements each); `g` is the row's (duplicate-summed) gradient; the last
-// slot is the linear slot.
+// elements each); `g` is the row's (duplicate-summed) gradient and `hess`
+// its Hessian-diagonal estimate (read only if Rule::kUsesHessian, may be
+// null otherwise); the last slot is the linear slot.
 //
 // The row is read and written once: the first loop leaves s / (p_new + t2)
 // in x, the second rescales it by the group factor while the row is still in
@@ -77,7 +78,7 @@ GL_HOST_DEVICE inline T ElementPrePass(
 template <typename Rule, typename T>
 GL_HOST_DEVICE inline void UpdateRow(
     const typename Rule::template Params<T>& params, const Thresholds<T>& th,
-    int64_t d, T* x, T* const* slots, const T* g) {
+    int64_t d, T* x, T* const* slots, const T* g, const T* hess) {
   const T old_weight = IsFreshRow<Rule>(slots[Rule::kNumSlots - 1], d) ? T(0) : T(1);
   SlotRows<T, Rule::kNumSlots> row;
   for (int k = 0; k < Rule::kNumSlots; ++k) row.row[k] = slots[k];
@@ -89,7 +90,8 @@ GL_HOST_DEVICE inline void UpdateRow(
   // (-fopenmp-simd makes this pragma work without the OpenMP runtime.)
 #pragma omp simd reduction(+ : norm2)
   for (int64_t j = 0; j < d; ++j) {
-    const T s = ElementPrePass<Rule>(local_params, local_th, old_weight, g[j], x + j, row, j);
+    const T h = Rule::kUsesHessian ? hess[j] : T(0);
+    const T s = ElementPrePass<Rule>(local_params, local_th, old_weight, g[j], h, x + j, row, j);
     norm2 += s * s;
   }
   const T factor = GroupShrinkFactor(Sqrt(norm2), th.l21_sqrt_d);

@@ -8,6 +8,10 @@
 // before (`p_old`) and after (`p_new`) the moment update, so that its plain
 // update would be x <- x - a / p_new.
 //
+// Step(params, g, h, x, slots, j) sees the element's gradient g, its
+// Hessian-diagonal estimate h (read only by rules with kUsesHessian; 0 for
+// the others), the weight x and the slot rows at column j.
+//
 // Framework-free: this header is shared by the TensorFlow CPU kernels, the
 // CUDA kernels and the pybind11 module.
 #ifndef GROUP_LASSO_TF_CC_GROUP_LASSO_RULES_H_
@@ -79,6 +83,7 @@ struct AdamRule : LrScaledStrengths {
   static constexpr int kNumHyper = 5;
   static constexpr const char* kHyperNames[kNumHyper] = {"beta1_power", "beta2_power", "beta1", "beta2", "epsilon"};
   static constexpr bool kFreshRows = true;
+  static constexpr bool kUsesHessian = false;
   template <typename T>
   struct Params {
     T alpha;  // lr * sqrt(1 - beta2^t) / (1 - beta1^t)
@@ -98,7 +103,7 @@ struct AdamRule : LrScaledStrengths {
     *v += (g * g - *v) * p.one_minus_beta2;
   }
   template <typename T>
-  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
     T v = slot.row[1][j];
@@ -116,6 +121,7 @@ struct AMSGradRule : LrScaledStrengths {
   static constexpr int kNumHyper = 5;
   static constexpr const char* kHyperNames[kNumHyper] = {"beta1_power", "beta2_power", "beta1", "beta2", "epsilon"};
   static constexpr bool kFreshRows = true;
+  static constexpr bool kUsesHessian = false;
   template <typename T>
   using Params = AdamRule::Params<T>;
   template <typename T>
@@ -123,7 +129,7 @@ struct AMSGradRule : LrScaledStrengths {
     return AdamRule::MakeParams(lr, h, nesterov);
   }
   template <typename T>
-  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
     T v = slot.row[1][j];
@@ -138,12 +144,57 @@ struct AMSGradRule : LrScaledStrengths {
   }
 };
 
+// Group AdaHessian (Yao et al., 2021, epsilon-hat form): Adam whose second
+// moment averages the squared Hessian-diagonal estimate h instead of g^2,
+// with a Hessian power k. Slots: m, v, linear. Hyperparameters:
+// beta1_power, beta2_power, beta1, beta2, epsilon, hessian_power.
+//
+//   m' = b1 m + (1 - b1) g;   v' = b2 v + (1 - b2) h^2
+//   a  = lr (1 - b2^t)^(k/2) / (1 - b1^t) m';   p = v^(k/2) + epsilon
+struct AdaHessianRule : LrScaledStrengths {
+  static constexpr int kNumSlots = 3;
+  static constexpr int kNumHyper = 6;
+  static constexpr const char* kHyperNames[kNumHyper] = {"beta1_power", "beta2_power", "beta1", "beta2", "epsilon", "hessian_power"};
+  static constexpr bool kFreshRows = true;
+  static constexpr bool kUsesHessian = true;
+  template <typename T>
+  struct Params {
+    T alpha;  // lr (1 - beta2^t)^(k/2) / (1 - beta1^t)
+    T one_minus_beta1, one_minus_beta2, epsilon;
+    T half_power;  // k / 2
+  };
+  // v^(k/2); k = 1 (the default) is a square root, exact and cheap.
+  template <typename T>
+  GL_HOST_DEVICE static T HalfPower(T v, T half_power) {
+    return half_power == T(0.5) ? Sqrt(v) : Pow(v, half_power);
+  }
+  template <typename T>
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* h, bool) {
+    const T half_power = h[5] / T(2);
+    return {lr * HalfPower(T(1) - h[1], half_power) / (T(1) - h[0]),
+            T(1) - h[2], T(1) - h[3], h[4], half_power};
+  }
+  template <typename T>
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T h, T,
+                                            SlotRows<T, kNumSlots> slot, int64_t j) {
+    T m = slot.row[0][j];
+    T v = slot.row[1][j];
+    const T p_old = HalfPower(v, p.half_power) + p.epsilon;
+    m += (g - m) * p.one_minus_beta1;
+    v += (h * h - v) * p.one_minus_beta2;
+    slot.row[0][j] = m;
+    slot.row[1][j] = v;
+    return {p.alpha * m, p_old, HalfPower(v, p.half_power) + p.epsilon};
+  }
+};
+
 // Group Adagrad. Slots: accumulator, linear. Hyperparameters: epsilon.
 struct AdagradRule : LrScaledStrengths {
   static constexpr int kNumSlots = 2;
   static constexpr int kNumHyper = 1;
   static constexpr const char* kHyperNames[kNumHyper] = {"epsilon"};
   static constexpr bool kFreshRows = true;
+  static constexpr bool kUsesHessian = false;
   template <typename T>
   struct Params {
     T lr, epsilon;
@@ -153,7 +204,7 @@ struct AdagradRule : LrScaledStrengths {
     return {lr, h[0]};
   }
   template <typename T>
-  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T acc = slot.row[0][j];
     const T p_old = Sqrt(acc + p.epsilon);
@@ -171,6 +222,7 @@ struct MomentumRule : LrScaledStrengths {
   static constexpr int kNumHyper = 1;
   static constexpr const char* kHyperNames[kNumHyper] = {"momentum"};
   static constexpr bool kFreshRows = true;
+  static constexpr bool kUsesHessian = false;
   template <typename T>
   struct Params {
     T lr, momentum;
@@ -181,7 +233,7 @@ struct MomentumRule : LrScaledStrengths {
     return {lr, h[0], nesterov};
   }
   template <typename T>
-  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T,
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     // Keras's SGD: m' = mu m - lr g; x += m' (or mu m' - lr g with Nesterov).
     const T m = p.momentum * slot.row[0][j] - p.lr * g;
@@ -200,6 +252,7 @@ struct FtrlRule {
   static constexpr int kNumHyper = 3;
   static constexpr const char* kHyperNames[kNumHyper] = {"l2_shrinkage", "beta", "lr_power"};
   static constexpr bool kFreshRows = false;
+  static constexpr bool kUsesHessian = false;
   template <typename T>
   struct Params {
     T lr, two_l2_shrinkage, lr_power;
@@ -215,7 +268,7 @@ struct FtrlRule {
     return {l1, l21 * Sqrt(static_cast<T>(d)), T(2) * l2 + h[1] / lr};
   }
   template <typename T>
-  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T x,
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T x,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T acc = slot.row[0][j];
     const T p_old = PowNeg(acc, p.lr_power) / p.lr;

@@ -13,13 +13,16 @@
 namespace group_lasso_tf {
 namespace functor {
 
-// Every row of var ([rows, dim]) and of its slots, in place.
+// Every row of var ([rows, dim]) and of its slots, in place. `hess` (the
+// layout of grad) and `store` (AdaHessian's stored estimate, if any) are
+// read only by rules with kUsesHessian.
 template <typename Device, typename T, typename Rule>
 struct ApplyDense {
   void operator()(::tensorflow::OpKernelContext* ctx,
                   const group_lasso::StepConfig<Rule, T>& config,
                   int64_t rows, int64_t dim, T* var, T* const* slots,
-                  const T* grad);
+                  const T* grad, const T* hess,
+                  const group_lasso::HessianStore<T>& store);
 };
 
 // The rows named by ids (n of them, duplicates summed). Fails with
@@ -29,8 +32,8 @@ struct ApplySparse {
   ::tensorflow::Status operator()(
       ::tensorflow::OpKernelContext* ctx,
       const group_lasso::StepConfig<Rule, T>& config, int64_t rows,
-      int64_t dim, T* var, T* const* slots, const T* grad, const Tindex* ids,
-      int64_t n);
+      int64_t dim, T* var, T* const* slots, const T* grad, const T* hess,
+      const group_lasso::HessianStore<T>& store, const Tindex* ids, int64_t n);
 };
 
 }  // namespace functor

@@ -53,9 +53,10 @@ struct ApplyDense<CPUDevice, T, Rule> {
   void operator()(OpKernelContext* ctx,
                   const group_lasso::StepConfig<Rule, T>& config,
                   int64_t rows, int64_t dim, T* var, T* const* slots,
-                  const T* grad) {
-    group_lasso::ApplyDense(config, rows, dim, var, slots, grad,
-                            IntraOpFor{ctx});
+                  const T* grad, const T* hess,
+                  const group_lasso::HessianStore<T>& store) {
+    group_lasso::ApplyDense(config, rows, dim, var, slots, grad, hess,
+                            IntraOpFor{ctx}, store);
   }
 };
 
@@ -64,7 +65,9 @@ struct ApplySparse<CPUDevice, T, Tindex, Rule> {
   Status operator()(OpKernelContext* ctx,
                     const group_lasso::StepConfig<Rule, T>& config,
                     int64_t rows, int64_t dim, T* var, T* const* slots,
-                    const T* grad, const Tindex* ids, int64_t n) {
+                    const T* grad, const T* hess,
+                    const group_lasso::HessianStore<T>& store,
+                    const Tindex* ids, int64_t n) {
     const int64_t bad = group_lasso::FirstOutOfRange(ids, n, rows);
     if (bad >= 0) {
       return errors::InvalidArgument("indices[", bad, "] = ", ids[bad],
@@ -73,8 +76,8 @@ struct ApplySparse<CPUDevice, T, Tindex, Rule> {
     }
     const group_lasso::IdGroups<Tindex> groups =
         group_lasso::GroupIds(ids, n);
-    group_lasso::ApplySparse(config, dim, var, slots, grad, groups,
-                             IntraOpFor{ctx});
+    group_lasso::ApplySparse(config, dim, var, slots, grad, hess, groups,
+                             IntraOpFor{ctx}, store);
     return ::tensorflow::OkStatus();
   }
 };
@@ -82,15 +85,22 @@ struct ApplySparse<CPUDevice, T, Tindex, Rule> {
 }  // namespace functor
 
 // Input layout of every op: the variable, Rule::kNumSlots slots (linear
-// last), lr, l1, l21, l2, Rule::kNumHyper rule hyperparameters, grad, and
-// for the sparse ops indices.
+// last), with kStored the stored Hessian estimate, lr, l1, l21, l2,
+// Rule::kNumHyper rule hyperparameters, grad, for rules with kUsesHessian
+// the Hessian-diagonal estimate `hessian` (the shape of grad), with kStored
+// the boolean scalar `estimate`, and for the sparse ops indices.
 template <typename Device, typename T, typename Tindex, typename Rule,
-          bool kSparse>
+          bool kSparse, bool kStored = false>
 class GroupLassoApplyOp : public OpKernel {
  public:
-  static constexpr int kNumVars = 1 + Rule::kNumSlots;
+  static_assert(!kStored || Rule::kUsesHessian, "a stored estimate needs a Hessian rule");
+  static constexpr int kNumVars = 1 + Rule::kNumSlots + (kStored ? 1 : 0);
   static constexpr int kNumScalars = 4 + Rule::kNumHyper;
   static constexpr int kGradInput = kNumVars + kNumScalars;
+  static constexpr int kHessianInput = kGradInput + 1;  // if kUsesHessian
+  static constexpr int kEstimateInput = kHessianInput + 1;  // if kStored
+  static constexpr int kIndicesInput =
+      kGradInput + (Rule::kUsesHessian ? 2 : 1) + (kStored ? 1 : 0);
 
   explicit GroupLassoApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("use_locking", &use_locking_));
@@ -113,11 +123,29 @@ class GroupLassoApplyOp : public OpKernel {
     const TensorShape& var_shape = vars.tensor(0)->shape();
     const Tensor& grad = ctx->input(kGradInput);
     OP_REQUIRES_OK(ctx, ValidateGradient(ctx, var_shape, grad));
+    const T* hess = nullptr;
+    if (Rule::kUsesHessian) {
+      const Tensor& hessian = ctx->input(kHessianInput);
+      OP_REQUIRES(ctx, hessian.shape() == grad.shape(),
+                  errors::InvalidArgument(
+                      "hessian must have the shape of grad ",
+                      grad.shape().DebugString(), ", got ",
+                      hessian.shape().DebugString()));
+      hess = hessian.template flat<T>().data();
+    }
+    group_lasso::HessianStore<T> store;
+    if (kStored) {
+      const Tensor& estimate = ctx->input(kEstimateInput);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(estimate.shape()),
+                  errors::InvalidArgument("estimate must be a scalar, got shape ",
+                                          estimate.shape().DebugString()));
+      store.estimate = estimate.scalar<bool>()();
+    }
 
     // Rows are slices along axis 0; a scalar is one row of one element.
     const int64_t rows = var_shape.dims() == 0 ? 1 : var_shape.dim_size(0);
     const int64_t dim = rows == 0 ? 0 : var_shape.num_elements() / rows;
-    const int64_t n = kSparse ? ctx->input(kGradInput + 1).NumElements() : rows;
+    const int64_t n = kSparse ? ctx->input(kIndicesInput).NumElements() : rows;
     if (rows == 0 || dim == 0 || n == 0) return;  // nothing to update
 
     for (int i = 0; i < kNumVars; ++i) {
@@ -128,18 +156,21 @@ class GroupLassoApplyOp : public OpKernel {
     for (int k = 0; k < Rule::kNumSlots; ++k) {
       slots[k] = vars.tensor(k + 1)->template flat<T>().data();
     }
+    if (kStored) {
+      store.rows = vars.tensor(kNumVars - 1)->template flat<T>().data();
+    }
     const auto config = group_lasso::MakeStepConfig<Rule, T>(
         scalars[0], scalars[1], scalars[2], scalars[3], scalars + 4,
         use_nesterov_, dim);
     const T* g = grad.template flat<T>().data();
     if (kSparse) {
-      const Tensor& indices = ctx->input(kGradInput + 1);
+      const Tensor& indices = ctx->input(kIndicesInput);
       OP_REQUIRES_OK(ctx, (functor::ApplySparse<Device, T, Tindex, Rule>()(
-                              ctx, config, rows, dim, var, slots, g,
-                              indices.template flat<Tindex>().data(), n)));
+                              ctx, config, rows, dim, var, slots, g, hess,
+                              store, indices.template flat<Tindex>().data(), n)));
     } else {
       functor::ApplyDense<Device, T, Rule>()(ctx, config, rows, dim, var,
-                                             slots, g);
+                                             slots, g, hess, store);
     }
   }
 
@@ -191,7 +222,7 @@ class GroupLassoApplyOp : public OpKernel {
       }
       return ::tensorflow::OkStatus();
     }
-    const Tensor& indices = ctx->input(kGradInput + 1);
+    const Tensor& indices = ctx->input(kIndicesInput);
     if (!TensorShapeUtils::IsVector(indices.shape())) {
       return errors::InvalidArgument("indices must be a vector, got shape ",
                                      indices.shape().DebugString());
@@ -237,6 +268,32 @@ class GroupLassoApplyOp : public OpKernel {
 
 GL_REGISTER_CPU_ALL_TYPES("GroupAdam", AdamRule)
 GL_REGISTER_CPU_ALL_TYPES("GroupAMSGrad", AMSGradRule)
+GL_REGISTER_CPU_ALL_TYPES("GroupAdaHessian", AdaHessianRule)
+
+// AdaHessian with a stored estimate (update_every > 1).
+#define GL_REGISTER_CPU_STORED(T)                                                  \
+  REGISTER_KERNEL_BUILDER(                                                        \
+      Name("ResourceApplyGroupAdaHessianStored").Device(::tensorflow::DEVICE_CPU) \
+          .TypeConstraint<T>("T"),                                                \
+      GroupLassoApplyOp<CPUDevice, T, int32_t, group_lasso::AdaHessianRule,       \
+                        false, true>);                                            \
+  REGISTER_KERNEL_BUILDER(                                                        \
+      Name("ResourceSparseApplyGroupAdaHessianStored")                            \
+          .Device(::tensorflow::DEVICE_CPU)                                       \
+          .TypeConstraint<T>("T")                                                 \
+          .TypeConstraint<int32_t>("Tindices"),                                   \
+      GroupLassoApplyOp<CPUDevice, T, int32_t, group_lasso::AdaHessianRule,       \
+                        true, true>);                                             \
+  REGISTER_KERNEL_BUILDER(                                                        \
+      Name("ResourceSparseApplyGroupAdaHessianStored")                            \
+          .Device(::tensorflow::DEVICE_CPU)                                       \
+          .TypeConstraint<T>("T")                                                 \
+          .TypeConstraint<int64_t>("Tindices"),                                   \
+      GroupLassoApplyOp<CPUDevice, T, int64_t, group_lasso::AdaHessianRule,       \
+                        true, true>);
+GL_REGISTER_CPU_STORED(float)
+GL_REGISTER_CPU_STORED(double)
+#undef GL_REGISTER_CPU_STORED
 GL_REGISTER_CPU_ALL_TYPES("GroupAdagrad", AdagradRule)
 GL_REGISTER_CPU_ALL_TYPES("GroupMomentum", MomentumRule)
 GL_REGISTER_CPU_ALL_TYPES("GroupFtrl", FtrlRule)

@@ -27,10 +27,12 @@ static ShapeHandle VariableShape(InferenceContext* c, int i) {
   return (*handle_data)[0].shape;
 }
 
-// Inputs: num_vars resources, num_scalars scalars, grad, then (sparse)
-// indices.
+// Inputs: num_vars resources, num_scalars scalars, grad, then (with_hessian)
+// the Hessian-diagonal estimate, shaped like grad, then (stored) the scalar
+// `estimate`, then (sparse) indices.
 static Status ApplyShapeFn(InferenceContext* c, int num_vars, int num_scalars,
-                           bool sparse) {
+                           bool sparse, bool with_hessian = false,
+                           bool stored = false) {
   ShapeHandle var = VariableShape(c, 0);
   for (int i = 1; i < num_vars; ++i) {
     TF_RETURN_IF_ERROR(c->Merge(var, VariableShape(c, i), &var));
@@ -41,12 +43,19 @@ static Status ApplyShapeFn(InferenceContext* c, int num_vars, int num_scalars,
   }
   const int grad_index = num_vars + num_scalars;
   ShapeHandle grad = c->input(grad_index);
+  if (with_hessian) {
+    TF_RETURN_IF_ERROR(c->Merge(grad, c->input(grad_index + 1), &grad));
+  }
+  if (stored) {
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(grad_index + 2), 0, &unused));
+  }
+  const int indices_index = grad_index + (with_hessian ? 2 : 1) + (stored ? 1 : 0);
   if (!sparse) {
     TF_RETURN_IF_ERROR(c->Merge(var, grad, &unused));
     return ::tensorflow::OkStatus();
   }
   ShapeHandle indices;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(grad_index + 1), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(indices_index), 1, &indices));
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(grad, 1, &grad));
   DimensionHandle n;
   TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &n));
@@ -63,6 +72,14 @@ static Status ApplyShapeFn(InferenceContext* c, int num_vars, int num_scalars,
   [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, false); }
 #define GL_SPARSE_SHAPE(vars, scalars) \
   [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, true); }
+#define GL_DENSE_HESSIAN_SHAPE(vars, scalars) \
+  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, false, true); }
+#define GL_SPARSE_HESSIAN_SHAPE(vars, scalars) \
+  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, true, true); }
+#define GL_DENSE_STORED_SHAPE(vars, scalars) \
+  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, false, true, true); }
+#define GL_SPARSE_STORED_SHAPE(vars, scalars) \
+  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, true, true, true); }
 
 #define GL_COMMON_HYPER  \
   Input("lr: T")         \
@@ -129,6 +146,67 @@ REGISTER_OP("ResourceSparseApplyGroupAMSGrad")
     .GL_ATTRS.GL_SPARSE_ATTRS
     .SetShapeFn(GL_SPARSE_SHAPE(5, 9))
     .Doc("Lazy Group AMSGrad step on the rows of var named by indices.");
+
+// ---------------------------------------------------------- AdaHessian
+REGISTER_OP("ResourceApplyGroupAdaHessian")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("linear: resource")
+    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
+    .Input("grad: T")
+    .Input("hessian: T")
+    .GL_ATTRS
+    .SetShapeFn(GL_DENSE_HESSIAN_SHAPE(4, 10))
+    .Doc("Group AdaHessian step on every row of var, in place; `hessian` is "
+         "the Hessian-diagonal estimate D, shaped like grad.");
+
+REGISTER_OP("ResourceSparseApplyGroupAdaHessian")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("linear: resource")
+    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
+    .Input("grad: T")
+    .Input("hessian: T")
+    .Input("indices: Tindices")
+    .GL_ATTRS.GL_SPARSE_ATTRS
+    .SetShapeFn(GL_SPARSE_HESSIAN_SHAPE(4, 10))
+    .Doc("Lazy Group AdaHessian step on the rows of var named by indices; "
+         "duplicate indices sum both grad and hessian rows.");
+
+// AdaHessian with a stored estimate (update_every > 1): `hessian_estimate`
+// holds each row's last estimate. With `estimate` true, the updated rows'
+// `hessian` is used and stored; with it false, `hessian` is not read: a row
+// uses its stored estimate, or |g| if it has none yet (all zero).
+REGISTER_OP("ResourceApplyGroupAdaHessianStored")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("linear: resource")
+    .Input("hessian_estimate: resource")
+    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
+    .Input("grad: T")
+    .Input("hessian: T")
+    .Input("estimate: bool")
+    .GL_ATTRS
+    .SetShapeFn(GL_DENSE_STORED_SHAPE(5, 10))
+    .Doc("Group AdaHessian step with a stored Hessian estimate, in place.");
+
+REGISTER_OP("ResourceSparseApplyGroupAdaHessianStored")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("linear: resource")
+    .Input("hessian_estimate: resource")
+    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
+    .Input("grad: T")
+    .Input("hessian: T")
+    .Input("estimate: bool")
+    .Input("indices: Tindices")
+    .GL_ATTRS.GL_SPARSE_ATTRS
+    .SetShapeFn(GL_SPARSE_STORED_SHAPE(5, 10))
+    .Doc("Lazy Group AdaHessian step with a stored Hessian estimate.");
 
 // ------------------------------------------------------------- Adagrad
 REGISTER_OP("ResourceApplyGroupAdagrad")

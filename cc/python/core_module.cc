@@ -2,11 +2,13 @@
 // without TensorFlow. Arrays are updated in place.
 //
 //   _core.apply_dense(rule, var, slots, grad, lr, l1, l21, l2, hyper,
-//                     nesterov=False)
+//                     nesterov=False, hessian=None)
 //   _core.apply_sparse(rule, var, slots, grad, indices, lr, l1, l21, l2,
-//                      hyper, nesterov=False)
+//                      hyper, nesterov=False, hessian=None)
 //
-// `rule` is one of RULES ("adam", "amsgrad", "adagrad", "momentum", "ftrl");
+// `rule` is one of RULES ("adam", "amsgrad", "adahessian", "adagrad",
+// "momentum", "ftrl"); "adahessian" requires `hessian`, the Hessian-diagonal
+// estimate shaped like grad, and the others refuse it;
 // `slots` lists the rule's slots in op order (linear last); `hyper` lists its
 // hyperparameters in op order (HYPER_NAMES[rule]). Everything is validated
 // before any array is written; errors are ValueError/TypeError naming the
@@ -66,8 +68,13 @@ T* WritableData(py::array& a, const std::string& name) {
 template <typename Rule, typename T>
 void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
            py::object indices_in, double lr, double l1, double l21, double l2,
-           std::vector<double> hyper_in, bool nesterov) {
+           std::vector<double> hyper_in, bool nesterov, py::object hessian_in) {
   const bool sparse = !indices_in.is_none();
+  if (Rule::kUsesHessian == hessian_in.is_none()) {
+    throw py::value_error(Rule::kUsesHessian
+                              ? "hessian (the Hessian-diagonal estimate) is required by this rule"
+                              : "hessian is only accepted by the adahessian rule");
+  }
   if (static_cast<int>(slots.size()) != Rule::kNumSlots) {
     throw py::value_error("slots must hold " + std::to_string(Rule::kNumSlots) +
                           " arrays, got " + std::to_string(slots.size()));
@@ -98,6 +105,16 @@ void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
   if (!grad) throw py::type_error("grad must be a numeric array");
   const int64_t rows = var.ndim() == 0 ? 1 : var.shape(0);
   const int64_t dim = rows == 0 ? 0 : var.size() / rows;
+  py::array_t<T, py::array::c_style | py::array::forcecast> hessian;
+  if (Rule::kUsesHessian) {
+    hessian = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(hessian_in);
+    if (!hessian) throw py::type_error("hessian must be a numeric array");
+    if (!SameShape(hessian, grad)) {
+      throw py::value_error("hessian must have the shape of grad " + ShapeString(grad) +
+                            ", got " + ShapeString(hessian));
+    }
+  }
+  const T* h = Rule::kUsesHessian ? hessian.data() : nullptr;
 
   if (!sparse) {
     if (!SameShape(grad, var)) {
@@ -109,7 +126,7 @@ void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
         lr, l1, l21, l2, hyper, nesterov, dim);
     const T* g = grad.data();
     py::gil_scoped_release release;
-    group_lasso::ApplyDense(config, rows, dim, var_data, slot_data, g,
+    group_lasso::ApplyDense(config, rows, dim, var_data, slot_data, g, h,
                             group_lasso::SerialFor());
     return;
   }
@@ -145,18 +162,18 @@ void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
   const T* g = grad.data();
   py::gil_scoped_release release;
   const auto groups = group_lasso::GroupIds(ids, n);
-  group_lasso::ApplySparse(config, dim, var_data, slot_data, g, groups,
+  group_lasso::ApplySparse(config, dim, var_data, slot_data, g, h, groups,
                            group_lasso::SerialFor());
 }
 
 template <typename Rule>
 void Dispatch(py::array var, std::vector<py::array> slots, py::array grad,
               py::object indices, double lr, double l1, double l21, double l2,
-              std::vector<double> hyper, bool nesterov) {
+              std::vector<double> hyper, bool nesterov, py::object hessian) {
   if (var.dtype().is(py::dtype::of<float>())) {
-    Apply<Rule, float>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+    Apply<Rule, float>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
   } else if (var.dtype().is(py::dtype::of<double>())) {
-    Apply<Rule, double>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+    Apply<Rule, double>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
   } else {
     throw py::type_error("var must have dtype float32 or float64, got " +
                          std::string(py::str(var.dtype())));
@@ -166,19 +183,22 @@ void Dispatch(py::array var, std::vector<py::array> slots, py::array grad,
 void ApplyByName(const std::string& rule, py::array var,
                  std::vector<py::array> slots, py::array grad,
                  py::object indices, double lr, double l1, double l21,
-                 double l2, std::vector<double> hyper, bool nesterov) {
+                 double l2, std::vector<double> hyper, bool nesterov,
+                 py::object hessian) {
   if (rule == "adam") {
-    Dispatch<group_lasso::AdamRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+    Dispatch<group_lasso::AdamRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
   } else if (rule == "amsgrad") {
-    Dispatch<group_lasso::AMSGradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+    Dispatch<group_lasso::AMSGradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
+  } else if (rule == "adahessian") {
+    Dispatch<group_lasso::AdaHessianRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
   } else if (rule == "adagrad") {
-    Dispatch<group_lasso::AdagradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+    Dispatch<group_lasso::AdagradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
   } else if (rule == "momentum") {
-    Dispatch<group_lasso::MomentumRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+    Dispatch<group_lasso::MomentumRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
   } else if (rule == "ftrl") {
-    Dispatch<group_lasso::FtrlRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+    Dispatch<group_lasso::FtrlRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
   } else {
-    throw py::value_error("rule must be one of adam, amsgrad, adagrad, momentum, ftrl; got " + rule);
+    throw py::value_error("rule must be one of adam, amsgrad, adahessian, adagrad, momentum, ftrl; got " + rule);
   }
 }
 
@@ -191,10 +211,11 @@ std::vector<std::string> HyperNames() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "The group-lasso row step of cc/group_lasso over NumPy arrays, in place.";
-  m.attr("RULES") = py::make_tuple("adam", "amsgrad", "adagrad", "momentum", "ftrl");
+  m.attr("RULES") = py::make_tuple("adam", "amsgrad", "adahessian", "adagrad", "momentum", "ftrl");
   py::dict hyper_names;
   hyper_names["adam"] = HyperNames<group_lasso::AdamRule>();
   hyper_names["amsgrad"] = HyperNames<group_lasso::AMSGradRule>();
+  hyper_names["adahessian"] = HyperNames<group_lasso::AdaHessianRule>();
   hyper_names["adagrad"] = HyperNames<group_lasso::AdagradRule>();
   hyper_names["momentum"] = HyperNames<group_lasso::MomentumRule>();
   hyper_names["ftrl"] = HyperNames<group_lasso::FtrlRule>();
@@ -203,22 +224,23 @@ PYBIND11_MODULE(_core, m) {
       "apply_dense",
       [](const std::string& rule, py::array var, std::vector<py::array> slots,
          py::array grad, double lr, double l1, double l21, double l2,
-         std::vector<double> hyper, bool nesterov) {
-        ApplyByName(rule, var, slots, grad, py::none(), lr, l1, l21, l2, hyper, nesterov);
+         std::vector<double> hyper, bool nesterov, py::object hessian) {
+        ApplyByName(rule, var, slots, grad, py::none(), lr, l1, l21, l2, hyper, nesterov, hessian);
       },
       py::arg("rule"), py::arg("var"), py::arg("slots"), py::arg("grad"),
       py::arg("lr"), py::arg("l1"), py::arg("l21"), py::arg("l2"),
-      py::arg("hyper"), py::arg("nesterov") = false,
+      py::arg("hyper"), py::arg("nesterov") = false, py::arg("hessian") = py::none(),
       "One step on every row of var (and its slots), in place.");
   m.def(
       "apply_sparse",
       [](const std::string& rule, py::array var, std::vector<py::array> slots,
          py::array grad, py::object indices, double lr, double l1, double l21,
-         double l2, std::vector<double> hyper, bool nesterov) {
-        ApplyByName(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov);
+         double l2, std::vector<double> hyper, bool nesterov, py::object hessian) {
+        ApplyByName(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
       },
       py::arg("rule"), py::arg("var"), py::arg("slots"), py::arg("grad"),
       py::arg("indices"), py::arg("lr"), py::arg("l1"), py::arg("l21"),
       py::arg("l2"), py::arg("hyper"), py::arg("nesterov") = false,
+      py::arg("hessian") = py::none(),
       "One lazy step on the rows named by indices (duplicates summed), in place.");
 }
