@@ -9,22 +9,26 @@ whole rows of its embedding tables and dense kernels in the same pass.
 
 from group_lasso_tf.optimizers import (
     GroupAdagrad,
+    GroupAdaHessian,
     GroupAdam,
     GroupAMSGrad,
     GroupFtrl,
     GroupLassoOptimizer,
     GroupMomentum,
 )
+from group_lasso_tf import hessian
 from group_lasso_tf.ops import fused_available
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GroupAdagrad",
+    "GroupAdaHessian",
     "GroupAdam",
     "GroupAMSGrad",
     "GroupFtrl",
     "GroupLassoOptimizer",
     "GroupMomentum",
     "fused_available",
+    "hessian",
 ]

@@ -15,6 +15,9 @@ from group_lasso_tf import ops as gl_ops
 from harness import rel_err
 
 ALL = [gl.GroupAdam, gl.GroupAMSGrad, gl.GroupAdagrad, gl.GroupMomentum, gl.GroupFtrl]
+# GroupAdaHessian trains through group_lasso_tf.hessian (tests/test_adahessian.py);
+# its arguments and config behave like the others'.
+WITH_ADAHESSIAN = ALL + [gl.GroupAdaHessian]
 
 
 # ------------------------------------------------------------ Keras features
@@ -134,7 +137,7 @@ def test_read_before_update_does_not_change(sparse, rng):
 
 
 # ------------------------------------------------------------------ errors
-@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("cls", WITH_ADAHESSIAN)
 @pytest.mark.parametrize("arg", ["l1", "l21", "l2"])
 def test_negative_or_bad_strengths_raise_naming_the_argument(cls, arg):
     with pytest.raises(ValueError, match=f"`{arg}`"):
@@ -231,7 +234,7 @@ def test_pybind_module_validates_inputs():
 
 
 # ------------------------------------------------------- config and saving
-@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("cls", WITH_ADAHESSIAN)
 def test_get_config_from_config_round_trip(cls):
     opt = cls(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5),
               l1=1e-5, l21=2e-4, l2=3e-3, lazy=False, unregularized=["bias"], clipnorm=1.0)

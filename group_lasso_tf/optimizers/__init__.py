@@ -1,6 +1,7 @@
 """The optimizers of the family, one file each."""
 
 from group_lasso_tf.optimizers.adagrad import GroupAdagrad
+from group_lasso_tf.optimizers.adahessian import GroupAdaHessian
 from group_lasso_tf.optimizers.adam import GroupAdam
 from group_lasso_tf.optimizers.amsgrad import GroupAMSGrad
 from group_lasso_tf.optimizers.base import GroupLassoOptimizer
@@ -9,6 +10,7 @@ from group_lasso_tf.optimizers.momentum import GroupMomentum
 
 __all__ = [
     "GroupAdagrad",
+    "GroupAdaHessian",
     "GroupAdam",
     "GroupAMSGrad",
     "GroupFtrl",

@@ -25,6 +25,7 @@ _SUPPORTED_DTYPES = (tf.float32, tf.float64)
 _OP_SUFFIX = {
     "adam": "adam",
     "amsgrad": "ams_grad",
+    "adahessian": "ada_hessian",
     "adagrad": "adagrad",
     "momentum": "momentum",
     "ftrl": "ftrl",
@@ -261,36 +262,66 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         return result
 
     def update_step(self, gradient, variable, learning_rate):
+        return self._apply_step(gradient, variable, learning_rate)
+
+    def _fused(self):
+        """The op library, or None where the reference path must run (XLA, no library)."""
+        return None if _in_xla_context() else _ops.fused_ops()
+
+    def _apply_step(self, gradient, variable, learning_rate, hessian=None, stored=None):
+        """One fused (or reference) step; `hessian` only for rules that read one.
+
+        For an `IndexedSlices` gradient, `hessian` is an `IndexedSlices` with
+        the same indices (or None). `stored`: (variable, boolean tensor), the
+        stored Hessian estimate and whether this step estimates, for the
+        fused "...Stored" ops only (the caller handles the reference path).
+        """
         var, slots, (lr, l1, l21, l2), hyper = self._step_inputs(variable, learning_rate)
         dtype = var.dtype
         if isinstance(gradient, tf.IndexedSlices) and not self.lazy:
             gradient = tf.convert_to_tensor(gradient)
-        fused = None if _in_xla_context() else _ops.fused_ops()
+            if hessian is not None:
+                hessian = tf.convert_to_tensor(hessian)
+        fused = self._fused()
         nesterov = self._op_attrs().get("use_nesterov", False)
-
+        suffix = _OP_SUFFIX[self._rule]
+        store_handles, after_hessian = [], []
+        if stored is not None:
+            if fused is None:
+                raise ValueError("a stored Hessian estimate needs the fused ops")
+            store_handles = [_resource_variable(stored[0], "hessian_estimate").handle]
+            after_hessian = [stored[1]]
+            suffix += "_stored"
+        extra = []
         if isinstance(gradient, tf.IndexedSlices):
             values = tf.cast(gradient.values, dtype)
             indices = gradient.indices
             if indices.dtype not in (tf.int32, tf.int64):
                 raise TypeError(f"gradient indices must be int32 or int64, got {indices.dtype}")
+            if hessian is not None:
+                extra = [tf.cast(hessian.values, dtype)]
             if fused is None:
                 return reference.apply_sparse(
-                    self._rule, var, slots, values, indices, lr, l1, l21, l2, hyper, nesterov
+                    self._rule, var, slots, values, indices, lr, l1, l21, l2, hyper, nesterov,
+                    *extra,
                 )
-            op = getattr(fused, f"resource_sparse_apply_group_{_OP_SUFFIX[self._rule]}")
+            op = getattr(fused, f"resource_sparse_apply_group_{suffix}")
             return op(
-                var.handle, *[s.handle for s in slots], lr, l1, l21, l2, *hyper,
-                values, indices, use_locking=self.use_locking, **self._op_attrs(),
+                var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2, *hyper,
+                values, *extra, *after_hessian, indices, use_locking=self.use_locking,
+                **self._op_attrs(),
             )
         grad = tf.cast(gradient, dtype)
+        if hessian is not None:
+            extra = [tf.cast(hessian, dtype)]
         if fused is None:
             return reference.apply_dense(
-                self._rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov
+                self._rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov, *extra
             )
-        op = getattr(fused, f"resource_apply_group_{_OP_SUFFIX[self._rule]}")
+        op = getattr(fused, f"resource_apply_group_{suffix}")
         return op(
-            var.handle, *[s.handle for s in slots], lr, l1, l21, l2, *hyper,
-            grad, use_locking=self.use_locking, **self._op_attrs(),
+            var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2, *hyper,
+            grad, *extra, *after_hessian, use_locking=self.use_locking, **self._op_attrs(),
         )
 
     def get_config(self):
