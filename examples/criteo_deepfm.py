@@ -1,11 +1,13 @@
 """A DeepFM-style CTR model on the Criteo sample, trained with GroupAdam.
 
-    python examples/criteo_deepfm.py [--optimizer adam|amsgrad|adagrad|momentum|ftrl]
-                                     [--l1 L1] [--l21 L21] [--epochs N]
+    python examples/criteo_deepfm.py [--optimizer adam|amsgrad|adahessian|adagrad|momentum|ftrl]
+                                     [--lr LR] [--l1 L1] [--l21 L21] [--epochs N]
 
 One embedding table per categorical field (a row per feature id). The group
 lasso removes whole rows, i.e. feature ids, while training; the script prints
-test AUC and the row sparsity of every table.
+test AUC and the row sparsity of every table. With `--optimizer adahessian`
+the model is wrapped by `group_lasso_tf.hessian.wrap`, whose `fit` also
+computes the Hessian-diagonal estimates GroupAdaHessian needs.
 """
 
 import argparse
@@ -25,11 +27,17 @@ import group_lasso_tf as gl  # noqa: E402
 OPTIMIZERS = {
     "adam": lambda a: gl.GroupAdam(learning_rate=a.lr, l1=a.l1, l21=a.l21, l2=a.l2),
     "amsgrad": lambda a: gl.GroupAMSGrad(learning_rate=a.lr, l1=a.l1, l21=a.l21, l2=a.l2),
+    "adahessian": lambda a: gl.GroupAdaHessian(learning_rate=a.lr, l1=a.l1, l21=a.l21, l2=a.l2),
     "adagrad": lambda a: gl.GroupAdagrad(learning_rate=a.lr, l1=a.l1, l21=a.l21, l2=a.l2),
     "momentum": lambda a: gl.GroupMomentum(learning_rate=a.lr, momentum=0.9, l1=a.l1, l21=a.l21,
                                            l2=a.l2),
     "ftrl": lambda a: gl.GroupFtrl(learning_rate=a.lr, l1=a.l1, l21=a.l21, l2=a.l2),
 }
+
+
+# Learning rates that train this model well on the Criteo sample (bench/quality.py).
+DEFAULT_LR = {"adam": 2e-3, "amsgrad": 2e-3, "adahessian": 1e-2, "adagrad": 0.05,
+              "momentum": 0.05, "ftrl": 0.2}
 
 
 def build_deepfm(vocab_sizes, num_dense, embedding_dim=8, hidden=(64, 32)):
@@ -54,6 +62,14 @@ def build_deepfm(vocab_sizes, num_dense, embedding_dim=8, hidden=(64, 32)):
     return keras.Model([categorical, dense], output)
 
 
+def for_optimizer(model, optimizer):
+    """The model to compile with `optimizer`: GroupAdaHessian trains a
+    `hessian.HessianModel` sharing the layers of `model`."""
+    if isinstance(optimizer, gl.GroupAdaHessian):
+        return gl.hessian.wrap(model)
+    return model
+
+
 def embedding_row_sparsity(model):
     """{table name: (zero rows, rows)} for every Embedding layer."""
     out = {}
@@ -67,7 +83,8 @@ def embedding_row_sparsity(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="default: DEFAULT_LR of the optimizer")
     parser.add_argument("--l1", type=float, default=1e-5)
     parser.add_argument("--l21", type=float, default=1e-3)
     parser.add_argument("--l2", type=float, default=0.0)
@@ -75,13 +92,17 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
 
     keras.utils.set_random_seed(args.seed)
     data = ctr_data.load_criteo()
-    model = build_deepfm(data.vocab_sizes, data.train.dense.shape[1])
-    model.compile(optimizer=OPTIMIZERS[args.optimizer](args), loss="binary_crossentropy",
+    optimizer = OPTIMIZERS[args.optimizer](args)
+    model = for_optimizer(build_deepfm(data.vocab_sizes, data.train.dense.shape[1]), optimizer)
+    model.compile(optimizer=optimizer, loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc")])
-    print(f"optimizer: {type(model.optimizer).__name__}  l1={args.l1} l21={args.l21} l2={args.l2}  "
+    print(f"optimizer: {type(model.optimizer).__name__}  lr={args.lr} l1={args.l1} l21={args.l21} "
+          f"l2={args.l2}  "
           f"fused C++ ops: {gl.fused_available()}")
     model.fit([data.train.categorical, data.train.dense], data.train.label,
               validation_data=([data.dev.categorical, data.dev.dense], data.dev.label),

@@ -74,17 +74,28 @@ def replica_batches(strategy, arrays, global_batch):
 def custom_loop(strategy, model, optimizer, features, labels, args):
     import keras
 
+    import group_lasso_tf as gl
+
     dataset = replica_batches(strategy, list(features) + [labels], args.global_batch)
 
     @tf.function
     def train_step(batch):
         def step_fn(categorical, dense, label):
-            with tf.GradientTape() as tape:
+            def loss_fn():
                 prediction = model([categorical, dense], training=True)
                 per_example = keras.losses.binary_crossentropy(label[:, None], prediction)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=args.global_batch)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                return tf.nn.compute_average_loss(per_example, global_batch_size=args.global_batch)
+
+            variables = model.trainable_variables
+            if isinstance(optimizer, gl.GroupAdaHessian):
+                # The Hessian-diagonal estimates travel with the gradients.
+                _, grads, hessians = gl.hessian.gradients_and_hessians(loss_fn, variables, optimizer)
+                optimizer.apply(grads, variables, hessians=hessians)
+                return
+            with tf.GradientTape() as tape:
+                loss = loss_fn()
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables))
 
         strategy.run(step_fn, args=batch)
 
@@ -128,8 +139,9 @@ def main(argv=None):
     dataset = dataset.batch(args.global_batch, drop_remainder=True)
 
     with strategy.scope():
-        model = criteo_deepfm.build_deepfm(data.vocab_sizes, data.train.dense.shape[1])
         optimizer = criteo_deepfm.OPTIMIZERS[args.optimizer](args)
+        model = criteo_deepfm.for_optimizer(
+            criteo_deepfm.build_deepfm(data.vocab_sizes, data.train.dense.shape[1]), optimizer)
         model.compile(optimizer=optimizer, loss="binary_crossentropy")
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)

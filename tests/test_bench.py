@@ -17,7 +17,7 @@ pytestmark = pytest.mark.bench
 
 
 @pytest.mark.parametrize("script", ["sparse_update.py", "dense_update.py", "embedding_fit.py",
-                                    "deepfm_e2e.py", "quality.py"])
+                                    "deepfm_e2e.py", "quality.py", "adahessian_cost.py"])
 def test_quick_benchmark_runs(script, tmp_path):
     args = ["--quick"] + (["--out", str(tmp_path)] if script == "quality.py" else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",

@@ -20,6 +20,15 @@ def test_criteo_example_learns_and_sparsifies(capsys):
     assert 0.3 < sparsity < 1.0  # whole rows removed, not all of them
 
 
+@pytest.mark.slow
+def test_criteo_example_trains_with_group_adahessian(capsys):
+    """`fit` of the example with GroupAdaHessian (through hessian.wrap)."""
+    auc, sparsity = criteo_deepfm.main(["--optimizer", "adahessian", "--epochs", "2"])
+    assert "GroupAdaHessian" in capsys.readouterr().out
+    assert auc > 0.6
+    assert 0.05 < sparsity < 1.0
+
+
 def test_criteo_loader_reads_the_shared_sample():
     data = ctr_data.load_criteo()
     assert data.train.categorical.shape == (7200, 26)
