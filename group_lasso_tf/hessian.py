@@ -257,8 +257,15 @@ def gradients_and_hessians(loss_fn, variables, optimizer, n_samples=None, seed=N
         grads, hessians = iter(grads), iter(hessians)
         grads_out, hessians_out = [], []
         for has_grad in connected:
-            grads_out.append(next(grads) if has_grad else None)
-            hessians_out.append(next(hessians) if has_grad else None)
+            g = next(grads) if has_grad else None
+            h = next(hessians) if has_grad else None
+            if isinstance(g, tf.IndexedSlices):
+                # Both branches lay D on the gradient's indices; give it the
+                # very same indices tensor again (cond outputs are distinct
+                # tensors), so the optimizer need not re-align them.
+                h = tf.IndexedSlices(h.values, g.indices, g.dense_shape)
+            grads_out.append(g)
+            hessians_out.append(h)
         grads, hessians = grads_out, hessians_out
     if has_aux:
         return loss, aux, grads, hessians
