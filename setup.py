@@ -8,9 +8,16 @@ build isolation hides that TensorFlow from this script (and would install a
 different one if TensorFlow were a build requirement), so the flags are asked
 of the target interpreter in a subprocess with the isolation undone.
 
+When the installed TensorFlow is built with CUDA (the full `tensorflow`
+wheel) and nvcc is on PATH (or CUDA_HOME is set), the GPU kernels
+(cc/kernels/*.cu.cc) are compiled with nvcc for sm_75/80/90 plus PTX
+(cuda_build.py) and linked into the same op library; otherwise the library
+is CPU-only.
+
 Install TensorFlow first (`pip install -r requirements.txt`). Environment:
   GROUP_LASSO_TF_SKIP_OPS=1  build without the op library (the package then
                              runs on its pure-TensorFlow fallback path).
+  GROUP_LASSO_TF_CUDA=0      build the CPU-only library even where CUDA is available.
 """
 
 import glob
@@ -24,6 +31,8 @@ from setuptools import Extension
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import cuda_build  # noqa: E402
 
 # Compiler flags that TensorFlow's headers need to be quiet (design.md).
 TF_QUIET = ["-Wno-deprecated-declarations", "--param", "destructive-interference-size=128"]
@@ -39,6 +48,7 @@ CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-sign-compare", "-
 _PROBE = r"""
 import json, tensorflow as tf
 print(json.dumps({"version": tf.__version__,
+                  "cuda": tf.test.is_built_with_cuda(),
                   "cflags": tf.sysconfig.get_compile_flags(),
                   "lflags": tf.sysconfig.get_link_flags()}))
 """
@@ -73,8 +83,29 @@ class BuildExt(build_ext):
                 tf_info = _runtime_tensorflow()
                 ext.extra_compile_args += tf_info["cflags"] + TF_QUIET
                 ext.extra_link_args += tf_info["lflags"]
+                tf_info["cuda_built"] = self._add_cuda(ext, tf_info)
                 self._tf_info = tf_info
         super().build_extensions()
+
+    def _add_cuda(self, ext, tf_info):
+        """Compiles the .cu.cc kernels into ext when TensorFlow and nvcc allow it."""
+        nvcc = cuda_build.find_nvcc()
+        if not tf_info["cuda"] or nvcc is None or os.environ.get("GROUP_LASSO_TF_CUDA") == "0":
+            return False
+        home = cuda_build.cuda_home(nvcc)
+        os.makedirs(self.build_temp, exist_ok=True)
+        shim = cuda_build.cuda_include_shim(self.build_temp, home)
+        for source in sorted(glob.glob(os.path.join(HERE, "cc", "kernels", "*.cu.cc"))):
+            obj = os.path.join(self.build_temp, os.path.basename(source) + ".o")
+            cmd = cuda_build.nvcc_compile_command(
+                nvcc, source, obj, tf_info["cflags"], [os.path.join(HERE, "cc"), shim])
+            print(" ".join(cmd))
+            subprocess.run(cmd, check=True)
+            ext.extra_objects.append(obj)
+        ext.extra_compile_args += ["-DGOOGLE_CUDA=1", "-I" + shim, "-I" + os.path.join(home, "include")]
+        lib_dirs = [d for d in ("lib64", "lib") if os.path.isdir(os.path.join(home, d))]
+        ext.extra_link_args += ["-L" + os.path.join(home, d) for d in lib_dirs] + ["-lcudart"]
+        return True
 
     def run(self):
         self._tf_info = None
@@ -91,14 +122,14 @@ class BuildExt(build_ext):
             with open(os.path.join(target_dir, "_build_info.py"), "w") as f:
                 f.write('"""Written by setup.py: what the op library was built against."""\n')
                 f.write("TF_VERSION = %r\n" % self._tf_info["version"])
-                f.write("CUDA = False\n")
+                f.write("CUDA = %r\n" % bool(self._tf_info.get("cuda_built")))
 
 
 def _extensions():
     import pybind11  # a build requirement (pyproject.toml)
 
     # Headers, so that editing one rebuilds the libraries that include it.
-    headers = sorted(glob.glob("cc/**/*.h", recursive=True))
+    headers = sorted(glob.glob("cc/**/*.h", recursive=True) + glob.glob("cc/**/*.cuh", recursive=True))
 
     exts = [
         Extension(

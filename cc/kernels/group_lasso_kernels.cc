@@ -7,6 +7,9 @@
 // variables, validate every input, copy-on-write, then update. Nothing is
 // written before all checks have passed.
 #define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
 
 #include <string>
 
@@ -33,6 +36,9 @@ using ::tensorflow::TensorShapeUtils;
 namespace errors = ::tensorflow::errors;
 
 using CPUDevice = Eigen::ThreadPoolDevice;
+#if GOOGLE_CUDA
+using GPUDevice = Eigen::GpuDevice;
+#endif
 
 namespace functor {
 
@@ -81,6 +87,37 @@ struct ApplySparse<CPUDevice, T, Tindex, Rule> {
     return ::tensorflow::OkStatus();
   }
 };
+
+#if GOOGLE_CUDA
+// Defined in group_lasso_kernels.cu.cc.
+#define GL_DECLARE_GPU_FUNCTORS(RULE, T)                                                 \
+  template <>                                                                            \
+  void ApplyDense<GPUDevice, T, group_lasso::RULE>::operator()(                          \
+      OpKernelContext* ctx, const group_lasso::StepConfig<group_lasso::RULE, T>& config, \
+      int64_t rows, int64_t dim, T* var, T* const* slots, const T* grad, const T* hess,  \
+      const group_lasso::HessianStore<T>& store);                                        \
+  template <>                                                                            \
+  Status ApplySparse<GPUDevice, T, int32_t, group_lasso::RULE>::operator()(              \
+      OpKernelContext* ctx, const group_lasso::StepConfig<group_lasso::RULE, T>& config, \
+      int64_t rows, int64_t dim, T* var, T* const* slots, const T* grad, const T* hess,  \
+      const group_lasso::HessianStore<T>& store, const int32_t* ids, int64_t n);         \
+  template <>                                                                            \
+  Status ApplySparse<GPUDevice, T, int64_t, group_lasso::RULE>::operator()(              \
+      OpKernelContext* ctx, const group_lasso::StepConfig<group_lasso::RULE, T>& config, \
+      int64_t rows, int64_t dim, T* var, T* const* slots, const T* grad, const T* hess,  \
+      const group_lasso::HessianStore<T>& store, const int64_t* ids, int64_t n);
+#define GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(RULE) \
+  GL_DECLARE_GPU_FUNCTORS(RULE, float)          \
+  GL_DECLARE_GPU_FUNCTORS(RULE, double)
+GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AdamRule)
+GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AMSGradRule)
+GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AdaHessianRule)
+GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AdagradRule)
+GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(MomentumRule)
+GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(FtrlRule)
+#undef GL_DECLARE_GPU_FUNCTORS_ALL_TYPES
+#undef GL_DECLARE_GPU_FUNCTORS
+#endif  // GOOGLE_CUDA
 
 }  // namespace functor
 
@@ -294,6 +331,54 @@ GL_REGISTER_CPU_ALL_TYPES("GroupAdaHessian", AdaHessianRule)
 GL_REGISTER_CPU_STORED(float)
 GL_REGISTER_CPU_STORED(double)
 #undef GL_REGISTER_CPU_STORED
+
+#if GOOGLE_CUDA
+// GPU: like TensorFlow's own training ops, the resource handles and the
+// scalar hyperparameters live in host memory (the kernel validates the
+// scalars on the host before launching anything); grad, hessian and indices
+// are on the device.
+#define GL_HOST(NAME) .HostMemory(NAME)
+#define GL_COMMON_HOST GL_HOST("var") GL_HOST("linear") GL_HOST("lr") GL_HOST("l1") \
+  GL_HOST("l21") GL_HOST("l2")
+#define GL_ADAM_HOST GL_HOST("m") GL_HOST("v") GL_HOST("beta1_power") GL_HOST("beta2_power") \
+  GL_HOST("beta1") GL_HOST("beta2") GL_HOST("epsilon")
+#define GL_REGISTER_GPU_OP(OP, HOST, RULE, T, STORED)                                        \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("ResourceApply" OP).Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T")       \
+          GL_COMMON_HOST HOST,                                                              \
+      GroupLassoApplyOp<GPUDevice, T, int32_t, group_lasso::RULE, false, STORED>);          \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("ResourceSparseApply" OP).Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T") \
+          .TypeConstraint<int32_t>("Tindices") GL_COMMON_HOST HOST,                         \
+      GroupLassoApplyOp<GPUDevice, T, int32_t, group_lasso::RULE, true, STORED>);           \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("ResourceSparseApply" OP).Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T") \
+          .TypeConstraint<int64_t>("Tindices") GL_COMMON_HOST HOST,                         \
+      GroupLassoApplyOp<GPUDevice, T, int64_t, group_lasso::RULE, true, STORED>);
+#define GL_REGISTER_GPU(T)                                                                   \
+  GL_REGISTER_GPU_OP("GroupAdam", GL_ADAM_HOST, AdamRule, T, false)                          \
+  GL_REGISTER_GPU_OP("GroupAMSGrad", GL_ADAM_HOST GL_HOST("vhat"), AMSGradRule, T, false)    \
+  GL_REGISTER_GPU_OP("GroupAdaHessian", GL_ADAM_HOST GL_HOST("hessian_power"),               \
+                     AdaHessianRule, T, false)                                               \
+  GL_REGISTER_GPU_OP("GroupAdaHessianStored",                                                \
+                     GL_ADAM_HOST GL_HOST("hessian_power") GL_HOST("hessian_estimate")       \
+                         GL_HOST("estimate"),                                                \
+                     AdaHessianRule, T, true)                                                \
+  GL_REGISTER_GPU_OP("GroupAdagrad", GL_HOST("accumulator") GL_HOST("epsilon"), AdagradRule, \
+                     T, false)                                                               \
+  GL_REGISTER_GPU_OP("GroupMomentum", GL_HOST("momentum_slot") GL_HOST("momentum"),          \
+                     MomentumRule, T, false)                                                 \
+  GL_REGISTER_GPU_OP("GroupFtrl", GL_HOST("accumulator") GL_HOST("l2_shrinkage")             \
+                         GL_HOST("beta") GL_HOST("lr_power"),                                \
+                     FtrlRule, T, false)
+GL_REGISTER_GPU(float)
+GL_REGISTER_GPU(double)
+#undef GL_REGISTER_GPU
+#undef GL_REGISTER_GPU_OP
+#undef GL_ADAM_HOST
+#undef GL_COMMON_HOST
+#undef GL_HOST
+#endif  // GOOGLE_CUDA
 GL_REGISTER_CPU_ALL_TYPES("GroupAdagrad", AdagradRule)
 GL_REGISTER_CPU_ALL_TYPES("GroupMomentum", MomentumRule)
 GL_REGISTER_CPU_ALL_TYPES("GroupFtrl", FtrlRule)

@@ -37,6 +37,16 @@ inline void CopyTensorBuffer(const Eigen::ThreadPoolDevice&,
               src.size());
 }
 
+#if GOOGLE_CUDA
+// An asynchronous device-to-device copy on the op's stream.
+template <>
+inline void CopyTensorBuffer(const Eigen::GpuDevice& d, const ::tensorflow::Tensor& from,
+                             ::tensorflow::Tensor* to) {
+  const auto src = from.tensor_data();
+  d.memcpy(const_cast<char*>(to->tensor_data().data()), src.data(), src.size());
+}
+#endif  // GOOGLE_CUDA
+
 class LockedVariables {
  public:
   // Looks up resource inputs [first, first + count) and locks their mutexes
