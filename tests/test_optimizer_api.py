@@ -350,3 +350,52 @@ def test_library_built_for_another_tensorflow_is_detected(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith("False") and "built for TensorFlow 2.0.0" in out and "rebuild" in out
+
+
+# ------------------------------------------------------------ check_numerics
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("cls", ALL)
+def test_check_numerics_rejects_non_finite_gradients_and_writes_nothing(cls, bad, mode, rng):
+    """One bad value in one of several gradients (dense or IndexedSlices): an
+    error naming that variable; no variable, slot or step counter changes."""
+    kernel = tf.Variable(rng.normal(size=(4, 3)), name="kernel")
+    table = tf.Variable(rng.normal(size=(6, 2)), name="table")
+    opt = cls(learning_rate=0.1, l21=1e-3, check_numerics=True, weight_decay=0.01)
+    good = [tf.constant(rng.normal(size=(4, 3))),
+            tf.IndexedSlices(tf.constant(rng.normal(size=(2, 2))), tf.constant([1, 4]),
+                             tf.constant([6, 2]))]
+    opt.apply(good, [kernel, table])
+    before = [v.numpy().copy() for v in [kernel, table] + list(opt.variables)]
+    values = rng.normal(size=(2, 2))
+    values[1, 0] = bad
+    grads = [good[0], tf.IndexedSlices(tf.constant(values), tf.constant([1, 4]),
+                                       tf.constant([6, 2]))]
+    step = lambda: opt.apply(grads, [kernel, table])  # noqa: E731
+    if mode == "graph":
+        step = tf.function(step)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="table.*NaN or Inf"):
+        step()
+    for a, v in zip(before, [kernel, table] + list(opt.variables)):
+        np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_without_check_numerics_a_nan_reaches_only_the_rows_it_touches(rng):
+    table = tf.Variable(rng.normal(size=(6, 2)))
+    opt = gl.GroupAdam(learning_rate=0.1, l21=1e-3)
+    opt.apply([tf.IndexedSlices(tf.constant([[np.nan, 1.0]], tf.float64), tf.constant([3]),
+                                tf.constant([6, 2]))], [table])
+    rows_nan = np.isnan(table.numpy()).any(axis=1)
+    assert rows_nan.tolist() == [False, False, False, True, False, False]
+
+
+def test_check_numerics_covers_adahessian_estimates(rng):
+    var = tf.Variable(rng.normal(size=(4, 3)))
+    opt = gl.GroupAdaHessian(learning_rate=0.1, check_numerics=True)
+    before = var.numpy().copy()
+    hess = rng.normal(size=(4, 3))
+    hess[2, 1] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Hessian estimate"):
+        opt.apply([tf.ones((4, 3), tf.float64)], [var], hessians=[tf.constant(hess)])
+    np.testing.assert_array_equal(var.numpy(), before)
+    assert int(opt.iterations.numpy()) == 0

@@ -165,6 +165,10 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
                 f"`hessians` must hold one entry per variable: got {len(hessians)} "
                 f"for {len(trainable_variables)} variables"
             )
+        # Checked with the gradients in apply() (check_numerics).
+        self._pending.checks = (
+            self._check_finite(hessians, trainable_variables, "Hessian estimate")
+            if self.check_numerics else [])
         self._pending.hessians = {
             self._var_key(v): h for h, v in zip(hessians, trainable_variables)
         }
@@ -188,6 +192,11 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
             return super().apply(grads, trainable_variables)
         finally:
             self._pending.hessians = None
+            self._pending.checks = []
+
+    @property
+    def _pending_checks(self):
+        return getattr(self._pending, "checks", [])
 
     def apply_gradients(self, grads_and_vars, hessians=None):
         grads, trainable_variables = zip(*grads_and_vars)

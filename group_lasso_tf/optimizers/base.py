@@ -52,7 +52,14 @@ base_group_lasso_keyword_args = """l1: Non-negative float, the L1 strength (elem
             each of their elements is its own group. Defaults to `False`.
         use_locking: Boolean. If `True` (default), an update holds the
             variable's lock exclusively, so concurrent updates of one table
-            (parameter servers, several workers) are serialized."""
+            (parameter servers, several workers) are serialized.
+        check_numerics: Boolean. If `True`, a step whose gradients (or
+            Hessian estimates) hold a NaN or an Inf fails with
+            `InvalidArgumentError` naming the variable, before any variable,
+            slot or the step counter is written. If `False` (default), such
+            values propagate into the rows they touch (those rows and their
+            slots become NaN), as with Keras's optimizers; a
+            `LossScaleOptimizer` skips such steps instead."""
 
 
 def _check_strength(name, value):
@@ -118,6 +125,7 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         unregularized=None,
         regularize_vectors=False,
         use_locking=True,
+        check_numerics=False,
         name=None,
         **kwargs,
     ):
@@ -135,6 +143,7 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
             re.compile(pattern)
         self.regularize_vectors = bool(regularize_vectors)
         self.use_locking = bool(use_locking)
+        self.check_numerics = bool(check_numerics)
         self._excluded_keys = set()
 
     # ------------------------------------------------------------ variables
@@ -251,8 +260,33 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         super()._overwrite_model_variables_with_average_value(trainable_variables)
         self._reanchor(trainable_variables)
 
+    def _check_finite(self, tensors, variables, what):
+        """The checks that `tensors` are finite, each failing with a message
+        naming its variable (eagerly: the first failure raises here)."""
+        checks = []
+        for t, v in zip(tensors, variables):
+            if t is None:
+                continue
+            values = t.values if isinstance(t, tf.IndexedSlices) else t
+            name = getattr(v, "path", None) or getattr(v, "name", "?")
+            checks.append(tf.debugging.assert_equal(
+                tf.reduce_all(tf.math.is_finite(values)), True,
+                message=f"check_numerics: the {what} of variable {name!r} has NaN or Inf "
+                "values; nothing was updated"))
+        return checks
+
     def apply(self, grads, trainable_variables=None):
-        result = super().apply(grads, trainable_variables)
+        checks = []
+        if self.check_numerics:
+            variables = trainable_variables
+            if variables is None:
+                variables = self._trainable_variables
+            checks = self._check_finite(list(grads), list(variables), "gradient")
+            checks += getattr(self, "_pending_checks", [])
+        # In a graph, every write of the step (weight decay, updates, the
+        # step counter) waits for all checks.
+        with tf.control_dependencies(checks):
+            result = super().apply(grads, trainable_variables)
         # Keras applies constraints after the update; make the linear slots
         # of constrained variables agree with the constrained weights.
         variables = self._trainable_variables if trainable_variables is None else trainable_variables
@@ -335,6 +369,7 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
                 "unregularized": list(self.unregularized),
                 "regularize_vectors": self.regularize_vectors,
                 "use_locking": self.use_locking,
+                "check_numerics": self.check_numerics,
             }
         )
         return config

@@ -10,6 +10,7 @@ A compile error fails these tests; without nvcc they are skipped.
 """
 
 import glob
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,10 +20,20 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-import cuda_build  # noqa: E402
+
+def _load_cuda_build():
+    # By path: putting the repository root on sys.path would make later test
+    # modules import the source tree's group_lasso_tf (no built libraries)
+    # instead of the installed package.
+    spec = importlib.util.spec_from_file_location("cuda_build", os.path.join(ROOT, "cuda_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cuda_build = _load_cuda_build()
 import run_harness  # noqa: E402
 
 pytestmark = [
