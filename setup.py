@@ -102,7 +102,8 @@ class BuildExt(build_ext):
             print(" ".join(cmd))
             subprocess.run(cmd, check=True)
             ext.extra_objects.append(obj)
-        ext.extra_compile_args += ["-DGOOGLE_CUDA=1", "-I" + shim, "-I" + os.path.join(home, "include")]
+        ext.extra_compile_args += ["-DGOOGLE_CUDA=1", "-I" + shim,
+                                   "-I" + os.path.join(home, "include")]
         lib_dirs = [d for d in ("lib64", "lib") if os.path.isdir(os.path.join(home, d))]
         ext.extra_link_args += ["-L" + os.path.join(home, d) for d in lib_dirs] + ["-lcudart"]
         return True
@@ -129,7 +130,8 @@ def _extensions():
     import pybind11  # a build requirement (pyproject.toml)
 
     # Headers, so that editing one rebuilds the libraries that include it.
-    headers = sorted(glob.glob("cc/**/*.h", recursive=True) + glob.glob("cc/**/*.cuh", recursive=True))
+    headers = sorted(glob.glob("cc/**/*.h", recursive=True)
+                     + glob.glob("cc/**/*.cuh", recursive=True))
 
     exts = [
         Extension(
