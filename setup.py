@@ -18,6 +18,9 @@ Install TensorFlow first (`pip install -r requirements.txt`). Environment:
   GROUP_LASSO_TF_SKIP_OPS=1  build without the op library (the package then
                              runs on its pure-TensorFlow fallback path).
   GROUP_LASSO_TF_CUDA=0      build the CPU-only library even where CUDA is available.
+  GROUP_LASSO_TF_SANITIZE=1  build with AddressSanitizer and UBSan (run with
+                             LD_PRELOAD=$(g++ -print-file-name=libasan.so); see
+                             docs/building.md).
 """
 
 import glob
@@ -44,6 +47,20 @@ TF_QUIET = ["-Wno-deprecated-declarations", "--param", "destructive-interference
 # wheels require AVX, so it costs no machine.
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-sign-compare", "-g0",
              "-fopenmp-simd", "-fno-math-errno", "-mavx"]
+# GROUP_LASSO_TF_SANITIZE=1: AddressSanitizer everywhere, UBSan too for the
+# framework-free code (TensorFlow's headers do not compile under UBSan: absl
+# constexprs stop being constant).
+SANITIZE = os.environ.get("GROUP_LASSO_TF_SANITIZE") == "1"
+if SANITIZE:
+    CXX_FLAGS = [f for f in CXX_FLAGS if f != "-g0"] + ["-fno-omit-frame-pointer", "-g"]
+
+
+def _sanitize_flags(undefined):
+    if not SANITIZE:
+        return []
+    if undefined:
+        return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    return ["-fsanitize=address"]
 
 _PROBE = r"""
 import json, tensorflow as tf
@@ -139,7 +156,8 @@ def _extensions():
             sources=["cc/python/core_module.cc"],
             depends=headers,
             include_dirs=["cc", pybind11.get_include()],
-            extra_compile_args=list(CXX_FLAGS),
+            extra_compile_args=CXX_FLAGS + _sanitize_flags(undefined=True),
+            extra_link_args=_sanitize_flags(undefined=True),
             language="c++",
         )
     ]
@@ -150,7 +168,8 @@ def _extensions():
                 sources=["cc/ops/group_lasso_ops.cc", "cc/kernels/group_lasso_kernels.cc"],
                 depends=headers,
                 include_dirs=["cc"],
-                extra_compile_args=list(CXX_FLAGS),
+                extra_compile_args=CXX_FLAGS + _sanitize_flags(undefined=False),
+                extra_link_args=_sanitize_flags(undefined=False),
                 language="c++",
             )
         )
