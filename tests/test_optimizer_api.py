@@ -32,12 +32,18 @@ FEATURES = {
 }
 
 
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adagrad", "nesterov", "ftrl"])
 @pytest.mark.parametrize("feature", sorted(FEATURES))
-def test_keras_base_features_match_keras_adam(feature, rng):
-    """Each base-optimizer feature behaves as in keras.optimizers.Adam."""
-    kwargs = FEATURES[feature]
-    ours = gl.GroupAdam(learning_rate=0.05, **kwargs)
-    theirs = keras.optimizers.Adam(learning_rate=0.05, **kwargs)
+def test_keras_base_features_match_keras(feature, name, rng):
+    """Each base-optimizer feature behaves as in the Keras counterpart, for
+    every optimizer (zero strengths)."""
+    from test_keras_equivalence import CASES
+
+    ours_cls, keras_cls, rule_kwargs = CASES[name]
+    kwargs = dict(FEATURES[feature], **rule_kwargs)
+    ours = ours_cls(learning_rate=0.05, **kwargs)
+    theirs = keras_cls(learning_rate=0.05, **kwargs, **({"amsgrad": True} if name == "amsgrad"
+                                                        else {}))
     w0 = rng.normal(size=(5, 3)).astype("float32")
     b0 = rng.normal(size=(3,)).astype("float32")
     a = [keras.Variable(w0), keras.Variable(b0)]

@@ -114,6 +114,7 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
 
     _rule = None
     _slot_names = ()
+    _reanchor_outside_changes = True
 
     def __init__(
         self,
@@ -244,8 +245,12 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         The linear slot, not the variable, carries the optimizer's state: a
         change made to the weights by someone else (Keras's weight decay, an
         EMA overwrite, a constraint) would be undone by the next step unless
-        the slot is made consistent with the new weights.
+        the slot is made consistent with the new weights. Optimizers whose
+        own Keras counterpart lets such a change act only through the linear
+        term (FTRL) set `_reanchor_outside_changes = False`.
         """
+        if not self._reanchor_outside_changes:
+            return
         nesterov = self._op_attrs().get("use_nesterov", False)
         for variable in variables:
             var, slots, scalars, hyper = self._step_inputs(variable, self.learning_rate)

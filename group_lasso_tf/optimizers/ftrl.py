@@ -36,6 +36,12 @@ class GroupFtrl(base.GroupLassoOptimizer):
     """
 
     _rule = "ftrl"
+    # Keras's Ftrl recomputes the weights from its linear slot every step; a
+    # change made to them from outside (weight decay, an EMA overwrite, a
+    # constraint) only enters through `- sigma * x` of the next linear update,
+    # which the fused step does too: no re-anchoring (tests/test_optimizer_api.py
+    # compares weight decay and EMA with Keras's Ftrl).
+    _reanchor_outside_changes = False
     _slot_names = ("accumulator", "linear")
 
     def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
