@@ -405,3 +405,35 @@ def test_check_numerics_covers_adahessian_estimates(rng):
         opt.apply([tf.ones((4, 3), tf.float64)], [var], hessians=[tf.constant(hess)])
     np.testing.assert_array_equal(var.numpy(), before)
     assert int(opt.iterations.numpy()) == 0
+
+
+def test_multi_optimizer_routes_embeddings_to_a_group_optimizer(rng):
+    """Keras's MultiOptimizer/OptimizerMap: the table gets GroupAdam (rows go to
+    zero), the dense layers Keras's Adam; the same as applying each by hand."""
+    x, y = _ctr_data(rng, n=96)
+
+    def group():
+        return gl.GroupAdam(learning_rate=0.05, l21=0.02)
+
+    routed = _tiny_ctr_model(seed=4)
+    routed.compile(
+        optimizer=keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(
+            keras.optimizers.Adam(learning_rate=0.01), {".*embedding.*": group()})),
+        loss="binary_crossentropy")
+    manual = _tiny_ctr_model(seed=4)
+    table_opt, rest_opt = group(), keras.optimizers.Adam(learning_rate=0.01)
+    loss_fn = keras.losses.BinaryCrossentropy()
+    for start in range(0, 96, 32):
+        xb, yb = x[start:start + 32], y[start:start + 32]
+        routed.train_on_batch(xb, yb)
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb[:, None], manual(xb, training=True))
+        variables = manual.trainable_variables
+        grads = tape.gradient(loss, variables)
+        assert "embedding" in variables[0].path
+        table_opt.apply(grads[:1], variables[:1])
+        rest_opt.apply(grads[1:], variables[1:])
+    for a, b in zip(routed.weights, manual.weights):
+        assert rel_err(a.numpy(), b.numpy()) <= 1e-5, a.path
+    table = routed.weights[0].numpy()
+    assert np.all(table == 0, axis=1).any()
