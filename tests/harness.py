@@ -16,30 +16,10 @@ import np_reference
 
 RULES = ("adam", "amsgrad", "adahessian", "adagrad", "momentum", "ftrl")
 
-# Hyperparameters exactly representable in float32, so that float32 and
-# float64 runs see the same values.
-BASE_HP = {
-    "adam": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
-    "amsgrad": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
-    "adahessian": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20,
-                   "hessian_power": 1.0},
-    "adagrad": {"epsilon": 2.0**-20, "initial_accumulator_value": 0.125},
-    "momentum": {"momentum": 0.875, "nesterov": False},
-    "ftrl": {"learning_rate_power": -0.5, "l2_shrinkage": 0.0, "beta": 0.0,
-             "initial_accumulator_value": 0.125},
-}
-
-
-def hyper_list(rule, hp, t):
-    """The rule's op inputs after lr, l1, l21, l2, in op order."""
-    if rule in ("adam", "amsgrad", "adahessian"):
-        adam = [hp["beta_1"] ** t, hp["beta_2"] ** t, hp["beta_1"], hp["beta_2"], hp["epsilon"]]
-        return adam + [hp["hessian_power"]] if rule == "adahessian" else adam
-    if rule == "adagrad":
-        return [hp["epsilon"]]
-    if rule == "momentum":
-        return [hp["momentum"]]
-    return [hp["l2_shrinkage"], hp["beta"], hp["learning_rate_power"]]
+# Shared with the standalone CUDA harness (tests/gpu/run_harness.py), which
+# must not import TensorFlow: they live in np_reference.
+BASE_HP = np_reference.BASE_HP
+hyper_list = np_reference.hyper_list
 
 
 def slot_names(rule):
@@ -116,7 +96,8 @@ def hessian_like(rng, rule, grad):
     random, of mixed signs (Hutchinson estimates can be negative)."""
     if rule != "adahessian":
         return None
-    return rng.normal(size=np.shape(grad)) * np.abs(grad) * 2 + 0.1 * rng.normal(size=np.shape(grad))
+    shape = np.shape(grad)
+    return rng.normal(size=shape) * np.abs(grad) * 2 + 0.1 * rng.normal(size=shape)
 
 
 def rel_err(actual, expected):

@@ -131,3 +131,29 @@ def initial_state(rule, shape, hp):
     if rule in ("adagrad", "ftrl"):
         state["acc"] = np.full(shape, hp["initial_accumulator_value"], np.float64)
     return state
+
+
+# Hyperparameters exactly representable in float32, so that float32 and
+# float64 runs see the same values.
+BASE_HP = {
+    "adam": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
+    "amsgrad": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
+    "adahessian": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20,
+                   "hessian_power": 1.0},
+    "adagrad": {"epsilon": 2.0**-20, "initial_accumulator_value": 0.125},
+    "momentum": {"momentum": 0.875, "nesterov": False},
+    "ftrl": {"learning_rate_power": -0.5, "l2_shrinkage": 0.0, "beta": 0.0,
+             "initial_accumulator_value": 0.125},
+}
+
+
+def hyper_list(rule, hp, t):
+    """The rule's op inputs after lr, l1, l21, l2, in op order."""
+    if rule in ("adam", "amsgrad", "adahessian"):
+        adam = [hp["beta_1"] ** t, hp["beta_2"] ** t, hp["beta_1"], hp["beta_2"], hp["epsilon"]]
+        return adam + [hp["hessian_power"]] if rule == "adahessian" else adam
+    if rule == "adagrad":
+        return [hp["epsilon"]]
+    if rule == "momentum":
+        return [hp["momentum"]]
+    return [hp["l2_shrinkage"], hp["beta"], hp["learning_rate_power"]]

@@ -132,17 +132,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
         return super().get_slot(variable, slot_name)
 
     def _rule_hyper(self, dtype):
-        beta_1 = base.hyper_tensor(self.beta_1, dtype)
-        beta_2 = base.hyper_tensor(self.beta_2, dtype)
-        step = self._local_step(dtype)
-        return [
-            tf.pow(beta_1, step),
-            tf.pow(beta_2, step),
-            beta_1,
-            beta_2,
-            base.hyper_tensor(self.epsilon, dtype),
-            base.hyper_tensor(self.hessian_power, dtype),
-        ]
+        return self._adam_moment_hyper(dtype) + [base.hyper_tensor(self.hessian_power, dtype)]
 
     # ------------------------------------------------------------ estimates
     def estimation_step(self):

@@ -1,7 +1,6 @@
 """Group Adam: Adam with the sparse group lasso (Yue et al., 2021)."""
 
 import keras
-import tensorflow as tf
 
 from group_lasso_tf.optimizers import base
 
@@ -66,16 +65,7 @@ class GroupAdam(base.GroupLassoOptimizer):
             self._slot_names = ("momentum", "velocity", "velocity_hat", "linear")
 
     def _rule_hyper(self, dtype):
-        beta_1 = base.hyper_tensor(self.beta_1, dtype)
-        beta_2 = base.hyper_tensor(self.beta_2, dtype)
-        step = self._local_step(dtype)
-        return [
-            tf.pow(beta_1, step),
-            tf.pow(beta_2, step),
-            beta_1,
-            beta_2,
-            base.hyper_tensor(self.epsilon, dtype),
-        ]
+        return self._adam_moment_hyper(dtype)
 
     def get_config(self):
         config = super().get_config()

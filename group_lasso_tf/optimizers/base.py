@@ -215,6 +215,20 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
     def _rule_hyper(self, dtype):
         raise NotImplementedError
 
+    def _adam_moment_hyper(self, dtype):
+        """beta1^t, beta2^t, beta1, beta2, epsilon: the hyperparameter inputs
+        of the Adam-family rules (Adam, AMSGrad, AdaHessian), in op order."""
+        beta_1 = hyper_tensor(self.beta_1, dtype)
+        beta_2 = hyper_tensor(self.beta_2, dtype)
+        step = self._local_step(dtype)
+        return [
+            tf.pow(beta_1, step),
+            tf.pow(beta_2, step),
+            beta_1,
+            beta_2,
+            hyper_tensor(self.epsilon, dtype),
+        ]
+
     def _op_attrs(self):
         return {}
 

@@ -56,27 +56,12 @@ def load(path):
     return lib
 
 
-HP = {
-    "adam": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
-    "amsgrad": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20},
-    "adahessian": {"beta_1": 0.875, "beta_2": 0.9990234375, "epsilon": 2.0**-20,
-                   "hessian_power": 1.0},
-    "adagrad": {"epsilon": 2.0**-20, "initial_accumulator_value": 0.125},
-    "momentum": {"momentum": 0.875, "nesterov": True},
-    "ftrl": {"learning_rate_power": -0.5, "l2_shrinkage": 0.0625, "beta": 0.25,
-             "initial_accumulator_value": 0.125},
-}
-
-
-def hyper_list(rule, hp, t):
-    if rule in ("adam", "amsgrad", "adahessian"):
-        h = [hp["beta_1"] ** t, hp["beta_2"] ** t, hp["beta_1"], hp["beta_2"], hp["epsilon"]]
-        return h + [hp["hessian_power"]] if rule == "adahessian" else h
-    if rule == "adagrad":
-        return [hp["epsilon"]]
-    if rule == "momentum":
-        return [hp["momentum"]]
-    return [hp["l2_shrinkage"], hp["beta"], hp["learning_rate_power"]]
+# The tests' hyperparameters, with Nesterov momentum and FTRL's shrinkage and
+# beta switched on.
+HP = {rule: dict(hp) for rule, hp in np_reference.BASE_HP.items()}
+HP["momentum"]["nesterov"] = True
+HP["ftrl"].update(l2_shrinkage=0.0625, beta=0.25)
+hyper_list = np_reference.hyper_list
 
 
 def gpu_step(lib, rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, hess=None,
