@@ -105,7 +105,7 @@ def pruned_model(model, drop_never_trained=False, optimizer=None):
     Returns (serving model, {layer name: (rows, kept rows)}).
     """
     optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
-    if drop_never_trained and (optimizer is None or "linear" not in getattr(optimizer, "_slot_names", ())):
+    if drop_never_trained and (optimizer is None or "linear" not in getattr(optimizer, "_group_slot_names", ())):
         raise ValueError("`drop_never_trained` needs the trained group-lasso optimizer "
                          "(its linear slots tell which rows were never updated)")
     tables = {}

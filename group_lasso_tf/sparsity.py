@@ -54,7 +54,7 @@ def row_sparsity(variable, optimizer=None, name=None):
 
 
 def _linear_slot(optimizer, variable):
-    if optimizer is None or "linear" not in getattr(optimizer, "_slot_names", ()):
+    if optimizer is None or "linear" not in getattr(optimizer, "_group_slot_names", ()):
         return None
     try:
         return keras.ops.convert_to_numpy(optimizer.get_slot(variable, "linear"))

@@ -32,13 +32,12 @@ class GroupAdagrad(base.GroupLassoOptimizer):
     """
 
     _rule = "adagrad"
-    _slot_names = ("accumulator", "linear")
+    _group_slot_names = ("accumulator", "linear")
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
                  name="group_adagrad", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self._set_initial_accumulator_value(initial_accumulator_value)
-        self.epsilon = epsilon
+        self._set_rule_hyper(initial_accumulator_value=initial_accumulator_value, epsilon=epsilon)
 
     def _rule_hyper(self, dtype):
         return [base.hyper_tensor(self.epsilon, dtype)]

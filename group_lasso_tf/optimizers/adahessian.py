@@ -74,7 +74,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
     """
 
     _rule = "adahessian"
-    _slot_names = ("momentum", "velocity", "linear")
+    _group_slot_names = ("momentum", "velocity", "linear")
 
     def __init__(
         self,
@@ -126,7 +126,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
 
     def get_slot(self, variable, slot_name):
         """The optimizer variable `slot_name` of `variable`: one of
-        `_slot_names`, or "hessian_estimate" when `update_every > 1`."""
+        `_group_slot_names`, or "hessian_estimate" when `update_every > 1`."""
         if slot_name == "hessian_estimate" and self.update_every > 1:
             return self._hessian_estimate_slots[self._get_variable_index(variable)]
         return super().get_slot(variable, slot_name)

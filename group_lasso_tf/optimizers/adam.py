@@ -43,7 +43,7 @@ class GroupAdam(base.GroupLassoOptimizer):
     """
 
     _rule = "adam"
-    _slot_names = ("momentum", "velocity", "linear")
+    _group_slot_names = ("momentum", "velocity", "linear")
 
     def __init__(
         self,
@@ -62,7 +62,7 @@ class GroupAdam(base.GroupLassoOptimizer):
         self.amsgrad = bool(amsgrad)
         if self.amsgrad:
             self._rule = "amsgrad"
-            self._slot_names = ("momentum", "velocity", "velocity_hat", "linear")
+            self._group_slot_names = ("momentum", "velocity", "velocity_hat", "linear")
 
     def _rule_hyper(self, dtype):
         return self._adam_moment_hyper(dtype)

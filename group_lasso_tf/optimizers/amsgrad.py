@@ -24,6 +24,9 @@ class GroupAMSGrad(GroupAdam):
         {{base_optimizer_keyword_args}}
     """
 
+    _rule = "amsgrad"
+    _group_slot_names = ("momentum", "velocity", "velocity_hat", "linear")
+
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  name="group_amsgrad", **kwargs):
         kwargs.pop("amsgrad", None)

@@ -70,6 +70,35 @@ def _check_strength(name, value):
     return float(value)
 
 
+def _check_accumulator(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+    return value
+
+
+def _check_power(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value > 0:
+        raise ValueError(f"`{name}` must be <= 0, got {value!r}")
+    return value
+
+
+def _check_momentum(name, value):
+    if not isinstance(value, float) or value < 0 or value > 1:
+        raise ValueError(f"`{name}` must be a float in [0, 1], got {value!r}")
+    return value
+
+
+# Checks of the rules' own hyperparameters, by name (the others, such as
+# beta_1 or epsilon, may also be callables or tensors, as Keras allows).
+_RULE_HYPER_CHECKS = {
+    "initial_accumulator_value": _check_accumulator,
+    "learning_rate_power": _check_power,
+    "momentum": _check_momentum,
+    "l2_shrinkage": _check_strength,
+    "beta": _check_strength,
+}
+
+
 def hyper_tensor(value, dtype):
     """A hyperparameter as a scalar tensor of `dtype`.
 
@@ -104,33 +133,40 @@ def _resource_variable(variable, what):
     return variable
 
 
-class GroupLassoOptimizer(keras.optimizers.Optimizer):
-    """Base class: one rule of `reference.HYPER_NAMES`, its slots, its hyperparameters.
+def check_variable_dtypes(optimizer, var_list):
+    """A TypeError naming the variable unless every one is float32 or float64."""
+    for v in var_list:
+        if tf.as_dtype(v.dtype) not in _SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{type(optimizer).__name__} supports float32 and float64 variables; "
+                f"variable {getattr(v, 'path', v.name)!r} has dtype {v.dtype}. "
+                "With mixed precision, keep variables in float32 "
+                "(keras.mixed_precision policies such as 'mixed_float16' do)."
+            )
 
-    Subclasses set `_rule` and `_slot_names` (model-variable-shaped slots in
+
+class GroupLassoMixin:
+    """The part of a group optimizer that does not depend on the Keras version.
+
+    Strengths, which variables are regularized, the rule's inputs, the call
+    of the fused op (or of `reference`), re-anchoring and the finite checks.
+    `GroupLassoOptimizer` combines it with Keras 3's `Optimizer`,
+    `group_lasso_tf.tf_keras` with tf_keras's two bases. The host class
+    provides `get_slot(variable, name)`, `iterations`, `learning_rate` and
+    `_var_key(variable)`.
+
+    Subclasses set `_rule` and `_group_slot_names` (model-variable-shaped slots in
     the op's order, the linear slot last) and implement `_rule_hyper(dtype)`,
-    the rule's hyperparameters as tensors in the op's order.
+    the rule's hyperparameters as tensors in the op's order, reading only
+    plain attributes and `_local_step` (so the tf_keras classes reuse it).
     """
 
     _rule = None
-    _slot_names = ()
+    _group_slot_names = ()
     _reanchor_outside_changes = True
 
-    def __init__(
-        self,
-        learning_rate,
-        l1=0.0,
-        l21=0.0,
-        l2=0.0,
-        lazy=True,
-        unregularized=None,
-        regularize_vectors=False,
-        use_locking=True,
-        check_numerics=False,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+    def _init_group_lasso(self, l1, l21, l2, lazy, unregularized, regularize_vectors,
+                          use_locking, check_numerics):
         self.l1 = _check_strength("l1", l1)
         self.l21 = _check_strength("l21", l21)
         self.l2 = _check_strength("l2", l2)
@@ -146,6 +182,19 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         self.use_locking = bool(use_locking)
         self.check_numerics = bool(check_numerics)
         self._excluded_keys = set()
+        self._regularized = {}
+
+    def _group_lasso_config(self):
+        return {
+            "l1": self.l1,
+            "l21": self.l21,
+            "l2": self.l2,
+            "lazy": self.lazy,
+            "unregularized": list(self.unregularized),
+            "regularize_vectors": self.regularize_vectors,
+            "use_locking": self.use_locking,
+            "check_numerics": self.check_numerics,
+        }
 
     # ------------------------------------------------------------ variables
     def exclude_from_regularization(self, var_list=None, var_names=None):
@@ -158,7 +207,7 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
             var_names: strings; a variable whose path or name contains a match
                 (`re.search`) is excluded.
         """
-        if self.built:
+        if getattr(self, "built", False) or self._regularized:
             raise ValueError(
                 "`exclude_from_regularization()` can only be called before the "
                 "optimizer is built."
@@ -167,7 +216,13 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         self.unregularized.extend(var_names or [])
 
     def _is_regularized(self, variable):
-        if self._var_key(variable) in self._excluded_keys:
+        key = self._var_key(variable)
+        if key not in self._regularized:
+            self._regularized[key] = self._matches_regularization(variable, key)
+        return self._regularized[key]
+
+    def _matches_regularization(self, variable, key):
+        if key in self._excluded_keys:
             return False
         names = [getattr(variable, "path", None), getattr(variable, "name", None)]
         for pattern in self.unregularized:
@@ -175,41 +230,17 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
                 return False
         return len(variable.shape) >= 2 or self.regularize_vectors
 
-    def _slot_initializer(self, slot_name):
-        # Adagrad's and FTRL's accumulators start at initial_accumulator_value.
+    def _set_rule_hyper(self, **values):
+        """Checks and sets the rule's own hyperparameters (`beta_1`, `momentum`, ...)."""
+        for name, value in values.items():
+            check = _RULE_HYPER_CHECKS.get(name)
+            setattr(self, name, check(name, value) if check else value)
+
+    def _slot_initial_value(self, slot_name):
+        """Adagrad's and FTRL's accumulators start at initial_accumulator_value."""
         if slot_name == "accumulator":
-            return keras.initializers.Constant(self.initial_accumulator_value)
-        return "zeros"
-
-    def _set_initial_accumulator_value(self, value):
-        if not isinstance(value, numbers.Real) or value < 0:
-            raise ValueError(f"`initial_accumulator_value` must be >= 0, got {value!r}")
-        self.initial_accumulator_value = value
-
-    def build(self, var_list):
-        if self.built:
-            return
-        for v in var_list:
-            if tf.as_dtype(v.dtype) not in _SUPPORTED_DTYPES:
-                raise TypeError(
-                    f"{type(self).__name__} supports float32 and float64 variables; "
-                    f"variable {getattr(v, 'path', v.name)!r} has dtype {v.dtype}. "
-                    "With mixed precision, keep variables in float32 "
-                    "(keras.mixed_precision policies such as 'mixed_float16' do)."
-                )
-        super().build(var_list)
-        self._regularized = {self._var_key(v): self._is_regularized(v) for v in var_list}
-        for slot_name in self._slot_names:
-            slots = self.add_optimizer_variables(
-                var_list, slot_name, initializer=self._slot_initializer(slot_name)
-            )
-            setattr(self, "_" + slot_name + "_slots", slots)
-
-    def get_slot(self, variable, slot_name):
-        """The optimizer variable `slot_name` (one of `_slot_names`) of `variable`."""
-        if slot_name not in self._slot_names:
-            raise ValueError(f"`slot_name` must be one of {self._slot_names}, got {slot_name!r}")
-        return getattr(self, "_" + slot_name + "_slots")[self._get_variable_index(variable)]
+            return self.initial_accumulator_value
+        return 0.0
 
     # --------------------------------------------------------------- update
     def _rule_hyper(self, dtype):
@@ -233,7 +264,7 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         return {}
 
     def _strengths(self, variable, dtype):
-        if self._regularized.get(self._var_key(variable), False):
+        if self._is_regularized(variable):
             values = (self.l1, self.l21, self.l2)
         else:
             values = (0.0, 0.0, 0.0)
@@ -248,12 +279,12 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         dtype = var.dtype
         slots = [
             _resource_variable(self.get_slot(variable, name), f"slot {name!r}")
-            for name in self._slot_names
+            for name in self._group_slot_names
         ]
         scalars = [tf.cast(learning_rate, dtype)] + self._strengths(variable, dtype)
         return var, slots, scalars, self._rule_hyper(dtype)
 
-    def _reanchor(self, variables):
+    def _reanchor(self, variables, learning_rate=None):
         """Re-derives the linear slots of variables changed outside the step.
 
         The linear slot, not the variable, carries the optimizer's state: a
@@ -265,19 +296,12 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
         """
         if not self._reanchor_outside_changes:
             return
+        if learning_rate is None:
+            learning_rate = self.learning_rate
         nesterov = self._op_attrs().get("use_nesterov", False)
         for variable in variables:
-            var, slots, scalars, hyper = self._step_inputs(variable, self.learning_rate)
+            var, slots, scalars, hyper = self._step_inputs(variable, learning_rate)
             reference.reanchor_dense(self._rule, var, slots, *scalars, hyper, nesterov)
-
-    def _apply_weight_decay(self, variables):
-        super()._apply_weight_decay(variables)
-        if self.weight_decay is not None:
-            self._reanchor([v for v in variables if self._use_weight_decay(v)])
-
-    def _overwrite_model_variables_with_average_value(self, trainable_variables):
-        super()._overwrite_model_variables_with_average_value(trainable_variables)
-        self._reanchor(trainable_variables)
 
     def _check_finite(self, tensors, variables, what):
         """The checks that `tensors` are finite, each failing with a message
@@ -293,29 +317,6 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
                 message=f"check_numerics: the {what} of variable {name!r} has NaN or Inf "
                 "values; nothing was updated"))
         return checks
-
-    def apply(self, grads, trainable_variables=None):
-        checks = []
-        if self.check_numerics:
-            variables = trainable_variables
-            if variables is None:
-                variables = self._trainable_variables
-            checks = self._check_finite(list(grads), list(variables), "gradient")
-            checks += getattr(self, "_pending_checks", [])
-        # In a graph, every write of the step (weight decay, updates, the
-        # step counter) waits for all checks.
-        with tf.control_dependencies(checks):
-            result = super().apply(grads, trainable_variables)
-        # Keras applies constraints after the update; make the linear slots
-        # of constrained variables agree with the constrained weights.
-        variables = self._trainable_variables if trainable_variables is None else trainable_variables
-        constrained = [v for v in variables if getattr(v, "constraint", None) is not None]
-        if constrained:
-            self._reanchor(constrained)
-        return result
-
-    def update_step(self, gradient, variable, learning_rate):
-        return self._apply_step(gradient, variable, learning_rate)
 
     def _fused(self):
         """The op library, or None where the reference path must run (XLA, no library)."""
@@ -377,20 +378,84 @@ class GroupLassoOptimizer(keras.optimizers.Optimizer):
             grad, *extra, *after_hessian, use_locking=self.use_locking, **self._op_attrs(),
         )
 
+
+class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
+    """Base class of the Keras 3 group optimizers: `GroupLassoMixin` on
+    `keras.optimizers.Optimizer`, with its slots as optimizer variables."""
+
+    def __init__(
+        self,
+        learning_rate,
+        l1=0.0,
+        l21=0.0,
+        l2=0.0,
+        lazy=True,
+        unregularized=None,
+        regularize_vectors=False,
+        use_locking=True,
+        check_numerics=False,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self._init_group_lasso(l1, l21, l2, lazy, unregularized, regularize_vectors,
+                               use_locking, check_numerics)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        check_variable_dtypes(self, var_list)
+        super().build(var_list)
+        for v in var_list:
+            self._is_regularized(v)
+        for slot_name in self._group_slot_names:
+            slots = self.add_optimizer_variables(
+                var_list, slot_name,
+                initializer=keras.initializers.Constant(self._slot_initial_value(slot_name)),
+            )
+            setattr(self, "_" + slot_name + "_slots", slots)
+
+    def get_slot(self, variable, slot_name):
+        """The optimizer variable `slot_name` (one of `_group_slot_names`) of `variable`."""
+        if slot_name not in self._group_slot_names:
+            raise ValueError(f"`slot_name` must be one of {self._group_slot_names}, got {slot_name!r}")
+        return getattr(self, "_" + slot_name + "_slots")[self._get_variable_index(variable)]
+
+    def _apply_weight_decay(self, variables):
+        super()._apply_weight_decay(variables)
+        if self.weight_decay is not None:
+            self._reanchor([v for v in variables if self._use_weight_decay(v)])
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        super()._overwrite_model_variables_with_average_value(trainable_variables)
+        self._reanchor(trainable_variables)
+
+    def apply(self, grads, trainable_variables=None):
+        checks = []
+        if self.check_numerics:
+            variables = trainable_variables
+            if variables is None:
+                variables = self._trainable_variables
+            checks = self._check_finite(list(grads), list(variables), "gradient")
+            checks += getattr(self, "_pending_checks", [])
+        # In a graph, every write of the step (weight decay, updates, the
+        # step counter) waits for all checks.
+        with tf.control_dependencies(checks):
+            result = super().apply(grads, trainable_variables)
+        # Keras applies constraints after the update; make the linear slots
+        # of constrained variables agree with the constrained weights.
+        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        constrained = [v for v in variables if getattr(v, "constraint", None) is not None]
+        if constrained:
+            self._reanchor(constrained)
+        return result
+
+    def update_step(self, gradient, variable, learning_rate):
+        return self._apply_step(gradient, variable, learning_rate)
+
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "l1": self.l1,
-                "l21": self.l21,
-                "l2": self.l2,
-                "lazy": self.lazy,
-                "unregularized": list(self.unregularized),
-                "regularize_vectors": self.regularize_vectors,
-                "use_locking": self.use_locking,
-                "check_numerics": self.check_numerics,
-            }
-        )
+        config.update(self._group_lasso_config())
         return config
 
 

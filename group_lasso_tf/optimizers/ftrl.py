@@ -42,20 +42,18 @@ class GroupFtrl(base.GroupLassoOptimizer):
     # which the fused step does too: no re-anchoring (tests/test_optimizer_api.py
     # compares weight decay and EMA with Keras's Ftrl).
     _reanchor_outside_changes = False
-    _slot_names = ("accumulator", "linear")
+    _group_slot_names = ("accumulator", "linear")
 
     def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
                  initial_accumulator_value=0.1, l2_shrinkage=0.0, beta=0.0,
                  name="group_ftrl", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self._set_initial_accumulator_value(initial_accumulator_value)
-        if learning_rate_power > 0.0:
-            raise ValueError(
-                f"`learning_rate_power` must be <= 0, got {learning_rate_power}"
-            )
-        self.learning_rate_power = learning_rate_power
-        self.l2_shrinkage = base._check_strength("l2_shrinkage", l2_shrinkage)
-        self.beta = base._check_strength("beta", beta)
+        self._set_rule_hyper(
+            initial_accumulator_value=initial_accumulator_value,
+            learning_rate_power=learning_rate_power,
+            l2_shrinkage=l2_shrinkage,
+            beta=beta,
+        )
 
     def _rule_hyper(self, dtype):
         return [

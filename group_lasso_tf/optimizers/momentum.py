@@ -29,15 +29,12 @@ class GroupMomentum(base.GroupLassoOptimizer):
     """
 
     _rule = "momentum"
-    _slot_names = ("momentum", "linear")
+    _group_slot_names = ("momentum", "linear")
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False,
                  name="group_momentum", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not isinstance(momentum, float) or momentum < 0 or momentum > 1:
-            raise ValueError(f"`momentum` must be a float in [0, 1], got {momentum!r}")
-        self.momentum = momentum
-        self.nesterov = bool(nesterov)
+        self._set_rule_hyper(momentum=momentum, nesterov=bool(nesterov))
 
     def _rule_hyper(self, dtype):
         return [base.hyper_tensor(self.momentum, dtype)]
