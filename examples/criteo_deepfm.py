@@ -2,12 +2,16 @@
 
     python examples/criteo_deepfm.py [--optimizer adam|amsgrad|adahessian|adagrad|momentum|ftrl]
                                      [--lr LR] [--l1 L1] [--l21 L21] [--epochs N]
+                                     [--mixed-precision mixed_float16|mixed_bfloat16]
 
 One embedding table per categorical field (a row per feature id). The group
 lasso removes whole rows, i.e. feature ids, while training; the script prints
 test AUC and the row sparsity of every table. With `--optimizer adahessian`
 the model is wrapped by `group_lasso_tf.hessian.wrap`, whose `fit` also
-computes the Hessian-diagonal estimates GroupAdaHessian needs.
+computes the Hessian-diagonal estimates GroupAdaHessian needs. With
+`--mixed-precision`, layers compute in float16/bfloat16 with float32
+variables (and, for float16, Keras wraps the optimizer in a
+`LossScaleOptimizer`, which skips steps with non-finite gradients).
 """
 
 import argparse
@@ -58,7 +62,8 @@ def build_deepfm(vocab_sizes, num_dense, embedding_dim=8, hidden=(64, 32)):
     deep = keras.layers.Dense(1)(h)
     linear = keras.layers.Dense(1)(dense) if num_dense else 0.0
     logit = keras.layers.Add()([fm, deep, linear]) if num_dense else keras.layers.Add()([fm, deep])
-    output = keras.layers.Activation("sigmoid")(logit)
+    # float32 output under mixed precision: a float16 sigmoid saturates.
+    output = keras.layers.Activation("sigmoid", dtype="float32")(logit)
     return keras.Model([categorical, dense], output)
 
 
@@ -91,10 +96,21 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
+                        default=None, help="a keras.mixed_precision policy")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
+    previous_policy = keras.mixed_precision.global_policy()
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy(args.mixed_precision)
+    try:
+        return train(args)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
 
+
+def train(args):
     keras.utils.set_random_seed(args.seed)
     data = ctr_data.load_criteo()
     optimizer = OPTIMIZERS[args.optimizer](args)
@@ -102,7 +118,7 @@ def main(argv=None):
     model.compile(optimizer=optimizer, loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc")])
     print(f"optimizer: {type(model.optimizer).__name__}  lr={args.lr} l1={args.l1} l21={args.l21} "
-          f"l2={args.l2}  "
+          f"l2={args.l2}  policy: {keras.mixed_precision.global_policy().name}  "
           f"fused C++ ops: {gl.fused_available()}")
     model.fit([data.train.categorical, data.train.dense], data.train.label,
               validation_data=([data.dev.categorical, data.dev.dense], data.dev.label),

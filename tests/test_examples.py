@@ -31,6 +31,24 @@ def test_criteo_example_trains_with_group_adahessian(capsys):
     assert 0.05 < sparsity < 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_criteo_example_under_mixed_precision(capsys, policy):
+    """The example end to end with a mixed-precision policy: float16/bfloat16
+    compute, float32 variables, Keras's LossScaleOptimizer around GroupAdam for
+    float16. It learns and sparsifies like the float32 run (0.70 AUC, 90%)."""
+    import keras
+
+    auc, sparsity = criteo_deepfm.main(["--epochs", "3", "--mixed-precision", policy])
+    out = capsys.readouterr().out
+    assert f"policy: {policy}" in out
+    expected = "LossScaleOptimizer" if policy == "mixed_float16" else "GroupAdam"
+    assert f"optimizer: {expected}" in out
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    assert auc > 0.65
+    assert 0.3 < sparsity < 1.0
+
+
 def test_criteo_loader_reads_the_shared_sample():
     data = ctr_data.load_criteo()
     assert data.train.categorical.shape == (7200, 26)
