@@ -17,9 +17,11 @@ pytestmark = pytest.mark.bench
 
 
 @pytest.mark.parametrize("script", ["sparse_update.py", "dense_update.py", "embedding_fit.py",
-                                    "deepfm_e2e.py", "quality.py", "adahessian_cost.py"])
+                                    "deepfm_e2e.py", "quality.py", "adahessian_cost.py",
+                                    "sparsity_target.py"])
 def test_quick_benchmark_runs(script, tmp_path):
-    args = ["--quick"] + (["--out", str(tmp_path)] if script == "quality.py" else [])
+    writes = script in ("quality.py", "sparsity_target.py")
+    args = ["--quick"] + (["--out", str(tmp_path)] if writes else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.path.dirname(os.path.dirname(gl.__file__)))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script)] + args,
@@ -28,3 +30,5 @@ def test_quick_benchmark_runs(script, tmp_path):
     assert "quick run: outputs sane" in proc.stdout
     if script == "quality.py":
         assert {"quality.md", "quality.png", "quality_runs.csv"} <= set(os.listdir(tmp_path))
+    if script == "sparsity_target.py":
+        assert {"results.md", "trajectory.png", "runs.csv"} <= set(os.listdir(tmp_path))

@@ -188,3 +188,39 @@ def test_fit_with_legacy_keras(fit_results, case):
     # to the one-device weights.
     assert r["mirrored_rel_err"] < 1e-4, r
     assert r["mirrored_same_zero_rows"], r
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_strengths_change_between_steps(base):
+    """Issue 9 on tf_keras: a callable of the step for l1, per_variable for the
+    table, set_strength of l21 before each step; vs the NumPy reference."""
+    rng = np.random.default_rng()
+    rule, hp = "adam", npr.BASE_HP["adam"]
+    ramp = float(rng.uniform(0.001, 0.01))
+    table_l2 = float(rng.uniform(0.01, 0.05))
+    opt = getattr(BASES[base], "GroupAdam")(
+        learning_rate=LR, l1=lambda step: ramp * tf.cast(step, tf.float64), l21=0.1,
+        per_variable=[("table", {"l2": table_l2})], **_hyper_kwargs(rule))
+    dense0, table0 = rng.normal(size=(6, 4)), rng.normal(size=(9, 3))
+    dense, table = tf.Variable(dense0, name="dense"), tf.Variable(table0, name="table")
+    np_dense, np_table = dense0.copy(), table0.copy()
+    s_dense, s_table = (npr.initial_state(rule, dense0.shape, hp),
+                        npr.initial_state(rule, table0.shape, hp))
+    for t in range(1, 7):
+        l21 = float(rng.uniform(0, 0.3))
+        if t > 1:
+            opt.set_strength("l21", l21)
+        else:
+            l21 = 0.1
+        g = rng.normal(size=dense0.shape)
+        ids = rng.integers(0, 5, size=5)
+        gv = rng.normal(size=(5, 3))
+        opt.apply_gradients([(tf.constant(g), dense), (tf.IndexedSlices(
+            tf.constant(gv), tf.constant(ids, tf.int64), tf.constant([9, 3], tf.int64)), table)])
+        l1 = ramp * (t - 1)
+        np_dense, s_dense = npr.dense_step(rule, np_dense, s_dense, g, LR, l1, l21, 0.0, hp, t)
+        np_table, s_table = npr.sparse_step(rule, np_table, s_table, gv, ids, LR, l1, l21,
+                                            table_l2, hp, t)
+    assert rel_err(dense.numpy(), np_dense) < 1e-10
+    assert rel_err(table.numpy(), np_table) < 1e-10
+    assert opt.get_strength(table, "l2") == table_l2

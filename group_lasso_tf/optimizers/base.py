@@ -31,15 +31,26 @@ _OP_SUFFIX = {
     "ftrl": "ftrl",
 }
 
-base_group_lasso_keyword_args = """l1: Non-negative float, the L1 strength (element-wise sparsity).
-            Defaults to `0.0`.
-        l21: Non-negative float, the group-lasso strength: each row of a
-            regularized variable (an embedding row, the outgoing weights of
-            one input unit of a `Dense` kernel) is penalized by
+base_group_lasso_keyword_args = """l1: The L1 strength (element-wise sparsity), >= 0. Defaults to `0.0`.
+            Each strength is a float, a
+            `keras.optimizers.schedules.LearningRateSchedule`, or a callable
+            taking the optimizer's step (`iterations`) and returning the
+            value, e.g. 0 during a warm-up, then a ramp. Numbers are held in
+            optimizer variables (per regularized variable, see
+            `set_strength`), so changing them never retraces the train step.
+        l21: The group-lasso strength, >= 0: each row of a regularized
+            variable (an embedding row, the outgoing weights of one input
+            unit of a `Dense` kernel) is penalized by
             `l21 * sqrt(d) * ||row||_2` and can become exactly zero.
             Defaults to `0.0`.
-        l2: Non-negative float, the ridge strength (penalty `l2 * ||x||^2`).
-            Defaults to `0.0`.
+        l2: The ridge strength (penalty `l2 * ||x||^2`), >= 0. Defaults to
+            `0.0`.
+        per_variable: Optional strengths per variable: a dict mapping a
+            regular expression (searched in the variable's path or name) to a
+            dict of some of `l1`, `l21`, `l2`, or a list of such
+            `(pattern or variable, dict)` pairs. The first entry matching a
+            variable overrides the strengths it names; unmatched variables
+            and unnamed strengths use `l1`, `l21`, `l2`.
         lazy: Boolean. If `True` (default), a `tf.IndexedSlices` gradient
             (an embedding's) updates only the rows it names, their slots
             included; other rows' moments do not decay. If `False`, sparse
@@ -68,6 +79,46 @@ def _check_strength(name, value):
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}")
     return float(value)
+
+
+STRENGTH_NAMES = ("l1", "l21", "l2")
+
+
+def _strength_spec(name, value):
+    """A strength as given: a float >= 0 (checked), or a callable of the step
+    (a schedule or a function)."""
+    if callable(value):
+        return value
+    return _check_strength(name, value)
+
+
+def _per_variable_entries(per_variable):
+    """`per_variable` as a list of (pattern or variable, {strength name: spec})."""
+    if per_variable is None:
+        return []
+    items = per_variable.items() if isinstance(per_variable, dict) else per_variable
+    entries = []
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(
+                "`per_variable` must be a dict {pattern: {strength: value}} or a list of "
+                f"(pattern or variable, dict) pairs; got the entry {item!r}")
+        key, overrides = item
+        if isinstance(key, str):
+            re.compile(key)
+        elif not hasattr(key, "shape"):
+            raise TypeError(f"`per_variable` keys must be regular expressions or variables, "
+                            f"got {key!r}")
+        if not isinstance(overrides, dict) or not overrides:
+            raise TypeError(f"`per_variable[{key!r}]` must be a non-empty dict of strengths, "
+                            f"got {overrides!r}")
+        unknown = set(overrides) - set(STRENGTH_NAMES)
+        if unknown:
+            raise ValueError(f"`per_variable[{key!r}]` names {sorted(unknown)}; only "
+                             f"{list(STRENGTH_NAMES)} can be set per variable")
+        entries.append((key, {n: _strength_spec(f"per_variable[{key!r}][{n!r}]", v)
+                              for n, v in overrides.items()}))
+    return entries
 
 
 def _check_accumulator(name, value):
@@ -166,10 +217,13 @@ class GroupLassoMixin:
     _reanchor_outside_changes = True
 
     def _init_group_lasso(self, l1, l21, l2, lazy, unregularized, regularize_vectors,
-                          use_locking, check_numerics):
-        self.l1 = _check_strength("l1", l1)
-        self.l21 = _check_strength("l21", l21)
-        self.l2 = _check_strength("l2", l2)
+                          use_locking, check_numerics, per_variable=None):
+        self.l1 = _strength_spec("l1", l1)
+        self.l21 = _strength_spec("l21", l21)
+        self.l2 = _strength_spec("l2", l2)
+        self.per_variable = _per_variable_entries(per_variable)
+        # var key -> {strength name: optimizer variable (numbers) or callable}
+        self._strength_state = {}
         self.lazy = bool(lazy)
         if isinstance(unregularized, str):
             unregularized = [unregularized]
@@ -184,11 +238,45 @@ class GroupLassoMixin:
         self._excluded_keys = set()
         self._regularized = {}
 
+    def _serialize_strength(self, spec):
+        return keras.saving.serialize_keras_object(spec) if callable(spec) else spec
+
+    @classmethod
+    def _deserialize_strengths(cls, config, custom_objects=None):
+        """`config` with serialized schedules of the strengths turned back into objects."""
+        config = dict(config)
+
+        def load(value):
+            if isinstance(value, dict):
+                return cls._deserialize_strength(value, custom_objects)
+            return value
+
+        for name in STRENGTH_NAMES:
+            if name in config:
+                config[name] = load(config[name])
+        if config.get("per_variable"):
+            config["per_variable"] = [
+                (key, {n: load(v) for n, v in overrides.items()})
+                for key, overrides in config["per_variable"]]
+        return config
+
+    @staticmethod
+    def _deserialize_strength(value, custom_objects):
+        return keras.saving.deserialize_keras_object(value, custom_objects=custom_objects)
+
     def _group_lasso_config(self):
+        for key, _ in self.per_variable:
+            if not isinstance(key, str):
+                raise ValueError(
+                    "get_config: `per_variable` keys that are variables cannot be serialized; "
+                    "use regular expressions on their paths")
         return {
-            "l1": self.l1,
-            "l21": self.l21,
-            "l2": self.l2,
+            "l1": self._serialize_strength(self.l1),
+            "l21": self._serialize_strength(self.l21),
+            "l2": self._serialize_strength(self.l2),
+            "per_variable": [
+                [key, {n: self._serialize_strength(v) for n, v in overrides.items()}]
+                for key, overrides in self.per_variable],
             "lazy": self.lazy,
             "unregularized": list(self.unregularized),
             "regularize_vectors": self.regularize_vectors,
@@ -263,12 +351,93 @@ class GroupLassoMixin:
     def _op_attrs(self):
         return {}
 
+    def _strength_specs(self, variable):
+        """{name: spec} of a regularized variable: the first matching
+        `per_variable` entry over the defaults."""
+        specs = {"l1": self.l1, "l21": self.l21, "l2": self.l2}
+        names = [getattr(variable, "path", None), getattr(variable, "name", None)]
+        key = self._var_key(variable)
+        for pattern, overrides in self.per_variable:
+            if isinstance(pattern, str):
+                matched = any(n is not None and re.search(pattern, n) for n in names)
+            else:
+                matched = self._var_key(pattern) == key
+            if matched:
+                specs.update(overrides)
+                break
+        return specs
+
+    def _build_strengths(self, var_list):
+        """One optimizer variable (float64 scalar) per number-valued strength
+        of each regularized variable: what `set_strength` and
+        `sparsity.SparsityTarget` change between steps."""
+        for v in var_list:
+            key = self._var_key(v)
+            if key in self._strength_state or not self._is_regularized(v):
+                continue
+            state = {}
+            for name, spec in self._strength_specs(v).items():
+                state[name] = spec if callable(spec) else self._new_strength_variable(
+                    v, name, spec)
+            self._strength_state[key] = state
+
+    def _new_strength_variable(self, variable, name, value):
+        raise NotImplementedError
+
     def _strengths(self, variable, dtype):
-        if self._is_regularized(variable):
-            values = (self.l1, self.l21, self.l2)
+        if not self._is_regularized(variable):
+            return [tf.zeros([], dtype)] * 3
+        state = self._strength_state.get(self._var_key(variable))
+        if state is None:  # not built for this variable: the specs as given
+            state = self._strength_specs(variable)
+        return [self._strength_tensor(state[name], dtype) for name in STRENGTH_NAMES]
+
+    def _strength_tensor(self, value, dtype):
+        if isinstance(value, numbers.Real):
+            return tf.constant(value, dtype)
+        if callable(value):
+            return tf.cast(value(self.iterations), dtype)
+        return tf.cast(value, dtype)
+
+    def strength_variable(self, variable, name="l21"):
+        """The optimizer variable holding strength `name` of `variable`, or
+        None if `variable` is unregularized or that strength is a schedule."""
+        if name not in STRENGTH_NAMES:
+            raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
+        value = self._strength_state.get(self._var_key(variable), {}).get(name)
+        return None if value is None or callable(value) else value
+
+    def get_strength(self, variable, name="l21"):
+        """The current value (a float) of strength `name` of `variable`."""
+        if name not in STRENGTH_NAMES:
+            raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
+        return float(self._strengths(variable, tf.float64)[STRENGTH_NAMES.index(name)])
+
+    def set_strength(self, name, value, variables=None):
+        """Sets strength `name` to `value` (a float >= 0) for `variables`
+        (default: every regularized variable); takes effect at the next step,
+        without retracing. Raises if one of them holds a schedule."""
+        if name not in STRENGTH_NAMES:
+            raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
+        value = _check_strength(name, value)
+        if variables is None:
+            holders = [state[name] for state in self._strength_state.values()]
+            if not holders:
+                raise ValueError("set_strength: the optimizer is not built yet "
+                                 "(build it, or train one step, first)")
         else:
-            values = (0.0, 0.0, 0.0)
-        return [hyper_tensor(v, dtype) for v in values]
+            holders = []
+            for v in variables:
+                state = self._strength_state.get(self._var_key(v))
+                if state is None:
+                    raise ValueError(f"set_strength: {getattr(v, 'path', v.name)!r} is not a "
+                                     "regularized variable of this (built) optimizer")
+                holders.append(state[name])
+        if any(callable(h) for h in holders):
+            raise ValueError(f"set_strength: `{name}` is a schedule or callable for some of "
+                             "these variables; it cannot be set")
+        for h in holders:
+            h.assign(value)
 
     def _local_step(self, dtype):
         return tf.cast(self.iterations + 1, dtype)
@@ -394,12 +563,13 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         regularize_vectors=False,
         use_locking=True,
         check_numerics=False,
+        per_variable=None,
         name=None,
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self._init_group_lasso(l1, l21, l2, lazy, unregularized, regularize_vectors,
-                               use_locking, check_numerics)
+                               use_locking, check_numerics, per_variable)
 
     def build(self, var_list):
         if self.built:
@@ -414,6 +584,17 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
                 initializer=keras.initializers.Constant(self._slot_initial_value(slot_name)),
             )
             setattr(self, "_" + slot_name + "_slots", slots)
+        self._build_strengths(var_list)
+
+    def _new_strength_variable(self, variable, name, value):
+        # Not keras.initializers.Constant, which rounds a Python float through
+        # float32; and not an assign after creation, which Keras's symbolic
+        # build (model.fit) would drop.
+        def exact(shape, dtype):
+            return tf.constant(value, dtype=dtype, shape=shape)
+
+        return self.add_variable(shape=(), initializer=exact, dtype="float64",
+                                 name=re.sub(r"\W", "_", f"{variable.name}_{name}"))
 
     def get_slot(self, variable, slot_name):
         """The optimizer variable `slot_name` (one of `_group_slot_names`) of `variable`."""
@@ -457,6 +638,11 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(self._group_lasso_config())
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return super().from_config(cls._deserialize_strengths(config, custom_objects),
+                                   custom_objects=custom_objects)
 
 
 def fill_docstring(doc):

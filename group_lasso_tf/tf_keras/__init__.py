@@ -45,6 +45,12 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.Optimiz
             ]
             for name in self._group_slot_names
         }
+        self._build_strengths(var_list)
+
+    def _new_strength_variable(self, variable, name, value):
+        return self.add_variable(shape=(), dtype=tf.float64,
+                                 initializer=tf_keras.initializers.Constant(value),
+                                 name=self._strength_variable_name(name))
 
     def get_slot(self, variable, slot_name):
         """The optimizer variable `slot_name` (one of `_group_slot_names`) of `variable`."""
@@ -78,6 +84,11 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.Optimiz
         config["learning_rate"] = self._serialize_hyperparameter(self._learning_rate)
         config.update(self._group_config())
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return super().from_config(cls._deserialize_strengths(config, custom_objects),
+                                   custom_objects=custom_objects)
 
 
 _classes = {

@@ -36,7 +36,7 @@ RULE_CLASSES = (
 
 # The constructor arguments every group optimizer takes (GroupLassoOptimizer's).
 GROUP_ARGS = ("l1", "l21", "l2", "lazy", "unregularized", "regularize_vectors",
-              "use_locking", "check_numerics")
+              "use_locking", "check_numerics", "per_variable")
 
 
 def _rule_defaults(keras3_cls):
@@ -61,7 +61,8 @@ class TfKerasGroupMixin(base.GroupLassoMixin):
 
     def _init_rule(self, rule, group):
         defaults = dict(l1=0.0, l21=0.0, l2=0.0, lazy=True, unregularized=None,
-                        regularize_vectors=False, use_locking=True, check_numerics=False)
+                        regularize_vectors=False, use_locking=True, check_numerics=False,
+                        per_variable=None)
         defaults.update(group)
         self._init_group_lasso(**defaults)
         if rule.pop("amsgrad", False):
@@ -71,6 +72,16 @@ class TfKerasGroupMixin(base.GroupLassoMixin):
         self._rule_config = dict(rule)
         if self._rule == "amsgrad" and "amsgrad" in self._rule_defaults:
             self._rule_config["amsgrad"] = True
+
+    def _serialize_strength(self, spec):
+        return tf_keras.saving.serialize_keras_object(spec) if callable(spec) else spec
+
+    @staticmethod
+    def _deserialize_strength(value, custom_objects):
+        return tf_keras.saving.deserialize_keras_object(value, custom_objects=custom_objects)
+
+    def _strength_variable_name(self, name):
+        return f"{name}_strength_{len(self._strength_state)}"
 
     def _slot_initial_tensor(self, variable, slot_name):
         dtype = getattr(variable, "true_dtype", variable.dtype)

@@ -38,6 +38,11 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.legacy.
             for name in self._group_slot_names:
                 self.add_slot(v, name, initializer=tf.constant_initializer(
                     self._slot_initial_value(name)))
+        self._build_strengths(var_list)
+
+    def _new_strength_variable(self, variable, name, value):
+        return self.add_weight(self._strength_variable_name(name), shape=(), dtype=tf.float64,
+                               initializer=tf.constant_initializer(value), trainable=False)
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
         return self._apply_step(grad, var, self._decayed_lr(var.dtype.base_dtype))
@@ -68,6 +73,11 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.legacy.
         config["decay"] = self._initial_decay
         config.update(self._group_config())
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return super().from_config(cls._deserialize_strengths(config, custom_objects),
+                                   custom_objects=custom_objects)
 
 
 _classes = {

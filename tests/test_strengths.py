@@ -1,0 +1,337 @@
+"""Strengths that change during training (issue 9): schedules and callables of
+the step, `set_strength` between steps without retracing, per-variable
+strengths, their serialization, and `sparsity.SparsityTarget` reaching a
+requested row sparsity.
+
+Values are checked against the float64 NumPy reference of paper.md fed the
+strengths each step should have seen, on fresh random inputs every run.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import group_lasso_tf as gl
+import np_reference as npr
+from group_lasso_tf import sparsity
+from harness import rel_err
+
+RULES = {"adam": gl.GroupAdam, "amsgrad": gl.GroupAMSGrad, "adagrad": gl.GroupAdagrad,
+         "momentum": gl.GroupMomentum, "ftrl": gl.GroupFtrl}
+LR = 0.0625  # exactly representable: Keras keeps the learning rate in float32
+
+
+def _sparse(rng, n, rows, width):
+    ids = rng.integers(0, rows // 2 + 1, size=n)  # duplicates
+    values = rng.normal(size=(n, width))
+    return ids, values, tf.IndexedSlices(tf.constant(values), tf.constant(ids, tf.int64),
+                                         tf.constant([rows, width], tf.int64))
+
+
+def _run(opt, rule, steps, strengths_at, rng, variables=None):
+    """Applies `steps` random steps to a dense variable and a table with `opt`
+    and to NumPy copies with strengths_at(t, which) -> (l1, l21, l2)."""
+    hp = npr.BASE_HP[rule]
+    dense0, table0 = rng.normal(size=(5, 4)), rng.normal(size=(8, 3))
+    dense = keras.Variable(dense0, dtype="float64", name="dense_kernel")
+    table = keras.Variable(table0, dtype="float64", name="table_embeddings")
+    np_vars = {"dense": dense0.copy(), "table": table0.copy()}
+    state = {k: npr.initial_state(rule, v.shape, hp) for k, v in np_vars.items()}
+    for t in range(1, steps + 1):
+        g = rng.normal(size=dense0.shape)
+        ids, values, slices = _sparse(rng, 0 if t == 3 else 6, 8, 3)
+        yield t, opt, (dense, table)
+        opt.apply([tf.constant(g), slices], [dense, table])
+        np_vars["dense"], state["dense"] = npr.dense_step(
+            rule, np_vars["dense"], state["dense"], g, LR, *strengths_at(t, "dense"), hp, t)
+        np_vars["table"], state["table"] = npr.sparse_step(
+            rule, np_vars["table"], state["table"], values, ids, LR,
+            *strengths_at(t, "table"), hp, t)
+    assert rel_err(dense.numpy(), np_vars["dense"]) < 1e-10
+    assert rel_err(table.numpy(), np_vars["table"]) < 1e-10
+    assert np.array_equal(np.all(table.numpy() == 0, axis=1),
+                          np.all(np_vars["table"] == 0, axis=1))
+
+
+def _rule_kwargs(rule):
+    return {k: v for k, v in npr.BASE_HP[rule].items()}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_schedules_and_callables_of_the_step(rule):
+    rng = np.random.default_rng()
+    l21_late = float(rng.uniform(0.05, 0.3))
+    # Zero during a warm-up of 3 steps, then l21_late; l1 ramps with the step.
+    l21 = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.0, l21_late])
+    ramp = float(rng.uniform(0.001, 0.01))
+
+    def l1(step):
+        return ramp * tf.cast(step, tf.float64)
+
+    l2 = float(rng.uniform(0, 0.05))
+    opt = RULES[rule](learning_rate=LR, l1=l1, l21=l21, l2=l2, **_rule_kwargs(rule))
+
+    def strengths_at(t, _):
+        return ramp * (t - 1), float(l21(t - 1)), l2  # schedules see the step before the update
+
+    for _ in _run(opt, rule, 7, strengths_at, rng):
+        pass
+    assert opt.strength_variable(opt.iterations, "l21") is None  # not a regularized variable
+
+
+def test_set_strength_between_steps_never_retraces():
+    rng = np.random.default_rng()
+    rule, hp = "adam", npr.BASE_HP["adam"]
+    opt = gl.GroupAdam(learning_rate=LR, l21=0.01, **_rule_kwargs(rule))
+    dense0, table0 = rng.normal(size=(5, 4)), rng.normal(size=(8, 3))
+    dense, table = keras.Variable(dense0), keras.Variable(table0)
+    np_dense, np_table = dense0.copy(), table0.copy()
+    s_dense, s_table = npr.initial_state(rule, dense0.shape, hp), npr.initial_state(
+        rule, table0.shape, hp)
+    opt.build([dense, table])
+    traces = []
+
+    @tf.function
+    def step(g, values, ids):
+        traces.append(1)  # runs once per trace
+        opt.apply([g, tf.IndexedSlices(values, ids, tf.constant([8, 3], tf.int64))],
+                  [dense, table])
+
+    for t in range(1, 8):
+        strengths = (0.0, 0.0, 0.0) if t == 4 else tuple(
+            float(v) for v in rng.uniform(0, [0.02, 0.3, 0.05]))
+        for name, value in zip(("l1", "l21", "l2"), strengths):
+            opt.set_strength(name, value)
+        g = rng.normal(size=dense0.shape)
+        ids, values, _ = _sparse(rng, 6, 8, 3)
+        step(tf.constant(g), tf.constant(values), tf.constant(ids, tf.int64))
+        np_dense, s_dense = npr.dense_step(rule, np_dense, s_dense, g, LR, *strengths, hp, t)
+        np_table, s_table = npr.sparse_step(rule, np_table, s_table, values, ids, LR,
+                                            *strengths, hp, t)
+        assert opt.get_strength(table, "l21") == strengths[1]
+    assert len(traces) == 1
+    assert rel_err(dense.numpy(), np_dense) < 1e-10
+    assert rel_err(table.numpy(), np_table) < 1e-10
+
+
+@pytest.mark.parametrize("rule", ["adam", "ftrl"])
+def test_per_variable_strengths(rule):
+    rng = np.random.default_rng()
+    default = tuple(float(v) for v in rng.uniform(0, [0.01, 0.1, 0.02]))
+    table_l21 = float(rng.uniform(0.1, 0.5))
+    dense_l1 = float(rng.uniform(0.01, 0.05))
+    holder = {}
+
+    def strengths_at(t, which):
+        if which == "table":
+            return default[0], table_l21, default[2]
+        return dense_l1, default[1], default[2]
+
+    opt = RULES[rule](learning_rate=LR, l1=default[0], l21=default[1], l2=default[2],
+                      per_variable={"table_": {"l21": table_l21}, "nothing_matches": {"l1": 9.0}},
+                      **_rule_kwargs(rule))
+    gen = _run(opt, rule, 6, strengths_at, rng)
+    t, _, (dense, table) = next(gen)
+    # A variable as the key, added before the optimizer is built.
+    opt.per_variable.append((dense, {"l1": dense_l1}))
+    holder["dense"] = dense
+    for _ in gen:
+        pass
+    assert opt.get_strength(table, "l21") == pytest.approx(table_l21, rel=1e-15)
+    assert opt.get_strength(dense, "l1") == pytest.approx(dense_l1, rel=1e-15)
+    assert opt.get_strength(dense, "l21") == pytest.approx(default[1], rel=1e-15)
+    assert opt.strength_variable(table, "l21").dtype == "float64"
+
+
+def test_unregularized_wins_over_per_variable():
+    opt = gl.GroupAdam(learning_rate=LR, l21=0.5, per_variable={"table": {"l21": 1.0}},
+                       unregularized=["table"])
+    table = keras.Variable(np.ones((4, 2)), name="table")
+    opt.apply([tf.ones((4, 2), tf.float64)], [table])
+    assert opt.strength_variable(table) is None
+    assert opt.get_strength(table, "l21") == 0.0
+    np.testing.assert_allclose(table.numpy(), 1 - LR, rtol=1e-6)  # plain Adam step
+
+
+def test_strength_errors_name_the_argument():
+    with pytest.raises(ValueError, match="`l21`"):
+        gl.GroupAdam(l21=-1.0)
+    with pytest.raises(ValueError, match="per_variable.*'l3'"):
+        gl.GroupAdam(per_variable={"x": {"l3": 1.0}})
+    with pytest.raises(ValueError, match=r"per_variable\['x'\]\['l21'\].*>= 0"):
+        gl.GroupAdam(per_variable={"x": {"l21": -2.0}})
+    with pytest.raises(TypeError, match="per_variable"):
+        gl.GroupAdam(per_variable=[("x",)])
+    with pytest.raises(TypeError, match="per_variable"):
+        gl.GroupAdam(per_variable={3: {"l21": 1.0}})
+    opt = gl.GroupAdam(l21=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5), l1=0.1)
+    with pytest.raises(ValueError, match="not built"):
+        opt.set_strength("l1", 0.2)
+    v = keras.Variable(np.ones((3, 2), np.float32))
+    opt.build([v])
+    with pytest.raises(ValueError, match="`l1`"):
+        opt.set_strength("l1", -0.5)
+    with pytest.raises(ValueError, match="schedule"):
+        opt.set_strength("l21", 0.5)
+    with pytest.raises(ValueError, match="`name`"):
+        opt.set_strength("l22", 0.5)
+    before = opt.get_strength(v, "l1")
+    with pytest.raises(ValueError):
+        opt.set_strength("l1", float("nan"))
+    assert opt.get_strength(v, "l1") == before  # nothing written
+
+
+def _table_model(rows=64, fields=2, dim=4):
+    inputs = keras.Input((fields,), dtype="int32")
+    x = keras.layers.Embedding(rows, dim, name="table")(inputs)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(x))
+
+
+def test_save_and_load_keep_schedules_per_variable_and_set_strengths(tmp_path):
+    rng = np.random.default_rng()
+    x = rng.integers(0, 64, size=(256, 2)).astype("int32")
+    y = (rng.uniform(size=256) < 0.3).astype("float32")
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 5, 0.5)
+    model = _table_model()
+    model.compile(optimizer=gl.GroupAdam(learning_rate=0.01, l21=schedule,
+                                         per_variable={"table": {"l1": 1e-3, "l21": 1e-3}}),
+                  loss="binary_crossentropy")
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    table = model.get_layer("table").embeddings
+    model.optimizer.set_strength("l21", 0.0125, [table])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert isinstance(loaded.optimizer.l21, keras.optimizers.schedules.ExponentialDecay)
+    loaded_table = loaded.get_layer("table").embeddings
+    assert loaded.optimizer.get_strength(loaded_table, "l21") == 0.0125
+    assert loaded.optimizer.get_strength(loaded_table, "l1") == pytest.approx(1e-3, rel=1e-15)
+    head = loaded.get_layer("head").kernel
+    assert loaded.optimizer.strength_variable(head, "l21") is None  # the schedule
+    model.train_on_batch(x[:64], y[:64])
+    loaded.train_on_batch(x[:64], y[:64])
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ SparsityTarget
+def _signal_data(rng, rows=400, n=8192):
+    ids = rng.integers(0, rows, size=(n, 2)).astype("int32")
+    weight = np.where(np.arange(rows) < rows // 5, rng.normal(size=rows) * 2, 0.0)
+    logit = weight[ids].sum(axis=1)
+    return ids, (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype("float32")
+
+
+class CountingGroupAdam(gl.GroupAdam):
+    """GroupAdam that counts Python calls of update_step (one per variable per trace)."""
+
+    calls = 0
+
+    def update_step(self, gradient, variable, learning_rate):
+        CountingGroupAdam.calls += 1
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def test_sparsity_target_steers_without_retracing():
+    """The mechanics on a small model: from an l21 too weak to zero anything, the
+    law raises l21 by `max_factor` per update while sparsity stays below the
+    reference, the train step is traced once, and the epoch logs carry it.
+    (Reaching the target is measured on the real click logs below.)"""
+    rng = np.random.default_rng()
+    x, y = _signal_data(rng)
+    keras.utils.set_random_seed(int(rng.integers(1 << 30)))
+    model = _table_model(rows=400)
+    CountingGroupAdam.calls = 0
+    model.compile(optimizer=CountingGroupAdam(learning_rate=0.01, l21=1e-9),
+                  loss="binary_crossentropy")
+    control = sparsity.SparsityTarget(0.5, tables=["table"], update_every=4)
+    history = model.fit(x, y, batch_size=128, epochs=2, verbose=0, callbacks=[control])
+    h = control.history
+    assert h["step"][:3] == [4, 8, 12]
+    first = [i for i, s in enumerate(h["sparsity"]) if s > 0]
+    early = h["l21"][: (first[0] if first else len(h["l21"]))]
+    assert len(early) > 5
+    np.testing.assert_allclose(np.array(early[1:]) / np.array(early[:-1]), 1.25, rtol=1e-12)
+    assert CountingGroupAdam.calls == len(model.trainable_variables)  # one trace
+    table = model.get_layer("table").embeddings
+    assert model.optimizer.get_strength(table, "l21") == h["l21"][-1]
+    assert model.optimizer.get_strength(model.get_layer("head").kernel, "l21") == 1e-9
+    assert history.history["row_sparsity"][-1] == pytest.approx(
+        np.mean(np.all(table.numpy() == 0, axis=1)))
+    assert history.history["l21"][-1] == h["l21"][-1]
+    assert h["reference"][-1] == pytest.approx(0.5) and h["reference"][0] < 0.1
+
+
+def test_sparsity_target_errors():
+    for bad in (1.0, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="`target`"):
+            sparsity.SparsityTarget(bad)
+    with pytest.raises(ValueError, match="`max_factor`"):
+        sparsity.SparsityTarget(0.5, max_factor=1.0)
+    with pytest.raises(ValueError, match="`update_every`"):
+        sparsity.SparsityTarget(0.5, update_every=0)
+    x = np.zeros((64, 2), "int32")
+    y = np.zeros(64, "float32")
+    cases = [
+        (keras.optimizers.Adam(), {}, TypeError, "group_lasso_tf optimizer"),
+        (gl.GroupAdam(), {}, ValueError, "initial_l21"),
+        (gl.GroupAdam(l21=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)), {},
+         ValueError, "schedule"),
+        (gl.GroupAdam(l21=1e-3), {"tables": ["no_such_table"]}, ValueError, "matched nothing"),
+    ]
+    for optimizer, kwargs, error, message in cases:
+        model = _table_model()
+        model.compile(optimizer=optimizer, loss="binary_crossentropy")
+        with pytest.raises(error, match=message):
+            model.fit(x, y, epochs=1, verbose=0,
+                      callbacks=[sparsity.SparsityTarget(0.5, **kwargs)])
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,name,target", [("criteo", "adam", 0.8),
+                                                 ("avazu", "ftrl", 0.5)])
+def test_sparsity_target_on_real_click_logs(dataset, name, target):
+    """bench/sparsity_target.py's steered run on the shared data: within 3 points."""
+    import sparsity_target as bench
+
+    bench.data_cache[dataset] = bench.quality.LOADERS[dataset]()
+    row = bench.steered(dataset, name, target, seed=int(np.random.default_rng().integers(100)),
+                        trajectories={})
+    assert abs(row["sparsity"] - target) <= 0.03, row
+    assert row["auc"] > 0.65, row
+
+
+@pytest.mark.slow
+def test_sparsity_target_per_table_and_mixed_float16_on_criteo():
+    """Two tables steered each on its own from l21 10x apart, under mixed_float16
+    (the law reaches through the LossScaleOptimizer)."""
+    import sparsity_target as bench
+
+    data = bench.quality.LOADERS["criteo"]()
+    tables = ["embedding_6/", "embedding_10/"]
+    control = sparsity.SparsityTarget(0.8, tables=tables, per_table=True)
+    optimizer = gl.GroupAdam(learning_rate=2e-3, l21=1e-4,
+                             per_variable={"embedding_10/": {"l21": 1e-5}})
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = bench.fit(data, optimizer, seed=int(np.random.default_rng().integers(100)),
+                          callbacks=[control])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    for name in ("embedding_6", "embedding_10"):
+        table = model.get_layer(name).embeddings.numpy()
+        assert abs(np.mean(np.all(table == 0, axis=1)) - 0.8) <= 0.03, name
+    # The other tables kept the optimizer's l21.
+    other = model.get_layer("embedding_0").embeddings
+    assert optimizer.get_strength(other, "l21") == 1e-4
