@@ -18,7 +18,7 @@ pytestmark = pytest.mark.bench
 
 @pytest.mark.parametrize("script", ["sparse_update.py", "dense_update.py", "embedding_fit.py",
                                     "deepfm_e2e.py", "quality.py", "adahessian_cost.py",
-                                    "sparsity_target.py"])
+                                    "sparsity_target.py", "strength_overhead.py"])
 def test_quick_benchmark_runs(script, tmp_path):
     writes = script in ("quality.py", "sparsity_target.py")
     args = ["--quick"] + (["--out", str(tmp_path)] if writes else [])
