@@ -92,11 +92,6 @@ def _strength_spec(name, value):
     return _check_strength(name, value)
 
 
-def _strength_dtype(variable):
-    """The dtype a strength of `variable` is held in: the variable's own."""
-    return tf.as_dtype(getattr(variable, "true_dtype", None) or variable.dtype).name
-
-
 def _per_variable_entries(per_variable):
     """`per_variable` as a list of (pattern or variable, {strength name: spec})."""
     if per_variable is None:
@@ -373,11 +368,12 @@ class GroupLassoMixin:
         return specs
 
     def _build_strengths(self, var_list):
-        """One optimizer variable (a scalar of the variable's dtype) per
-        number-valued strength of each regularized variable: what
-        `set_strength` and `sparsity.SparsityTarget` change between steps.
-        In the variable's own dtype, so that reading it needs no cast (the
-        op takes that dtype; bench/strength_overhead.py measures the cost)."""
+        """One optimizer variable (a float64 scalar) per number-valued
+        strength of each regularized variable: what `set_strength` and
+        `sparsity.SparsityTarget` change between steps. float64 so that the
+        values set are kept exactly (bench/strength_overhead.py: holding them
+        in the variable's own dtype instead, saving the cast, measured no
+        faster)."""
         for v in var_list:
             key = self._var_key(v)
             if key in self._strength_state or not self._is_regularized(v):
@@ -407,9 +403,9 @@ class GroupLassoMixin:
         return tf.cast(value, dtype)
 
     def strength_variable(self, variable, name="l21"):
-        """The optimizer variable (a scalar of `variable`'s dtype) holding
-        strength `name` of `variable`, or None if `variable` is unregularized
-        or that strength is a schedule."""
+        """The optimizer variable (a float64 scalar) holding strength `name`
+        of `variable`, or None if `variable` is unregularized or that
+        strength is a schedule."""
         if name not in STRENGTH_NAMES:
             raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
         value = self._strength_state.get(self._var_key(variable), {}).get(name)
@@ -601,7 +597,7 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         def exact(shape, dtype):
             return tf.constant(value, dtype=dtype, shape=shape)
 
-        return self.add_variable(shape=(), initializer=exact, dtype=_strength_dtype(variable),
+        return self.add_variable(shape=(), initializer=exact, dtype="float64",
                                  name=re.sub(r"\W", "_", f"{variable.name}_{name}"))
 
     def get_slot(self, variable, slot_name):

@@ -48,7 +48,7 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.Optimiz
         self._build_strengths(var_list)
 
     def _new_strength_variable(self, variable, name, value):
-        return self.add_variable(shape=(), dtype=base._strength_dtype(variable),
+        return self.add_variable(shape=(), dtype=tf.float64,
                                  initializer=tf_keras.initializers.Constant(value),
                                  name=self._strength_variable_name(name))
 

@@ -41,8 +41,7 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.legacy.
         self._build_strengths(var_list)
 
     def _new_strength_variable(self, variable, name, value):
-        return self.add_weight(self._strength_variable_name(name), shape=(),
-                               dtype=base._strength_dtype(variable),
+        return self.add_weight(self._strength_variable_name(name), shape=(), dtype=tf.float64,
                                initializer=tf.constant_initializer(value), trainable=False)
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
