@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from group_lasso_tf import pruning
+
 
 @dataclasses.dataclass
 class RowSparsity:
@@ -297,9 +299,9 @@ class SparsityTarget(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ control
     def reference(self, step):
-        """The sparsity the law steers toward at optimizer step `step`."""
-        progress = min(max((step - self._begin) / (self._end - self._begin), 0.0), 1.0)
-        return self.target * (1.0 - (1.0 - progress) ** 3)
+        """The sparsity the law steers toward at optimizer step `step`: tfmot's
+        cubic schedule from 0 at `begin_step` to `target` at `end_step`."""
+        return pruning.polynomial_sparsity(step, 0.0, self.target, self._begin, self._end)
 
     def measure(self):
         """Fraction of zero rows of each steered unit (all tables, or each table)."""

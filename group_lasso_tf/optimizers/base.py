@@ -491,6 +491,24 @@ class GroupLassoMixin:
                 "values; nothing was updated"))
         return checks
 
+    def _checked_apply(self, apply_fn, grads, variables, extra_checks=()):
+        """Runs `apply_fn()` (the base class's apply) after the finite checks
+        of `grads` (and `extra_checks`) when `check_numerics` is set, then
+        re-anchors the linear slots of constrained variables: Keras applies
+        constraints after the update."""
+        checks = []
+        if self.check_numerics:
+            checks = self._check_finite(grads, variables, "gradient") + list(extra_checks)
+        # In a graph, every write of the step (weight decay, updates, the
+        # step counter) waits for all checks.
+        with tf.control_dependencies(checks):
+            result = apply_fn()
+        constrained = [v for g, v in zip(grads, variables)
+                       if g is not None and getattr(v, "constraint", None) is not None]
+        if constrained:
+            self._reanchor(constrained)
+        return result
+
     def _fused(self):
         """The op library, or None where the reference path must run (XLA, no library)."""
         return None if _in_xla_context() else _ops.fused_ops()
@@ -616,24 +634,10 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         self._reanchor(trainable_variables)
 
     def apply(self, grads, trainable_variables=None):
-        checks = []
-        if self.check_numerics:
-            variables = trainable_variables
-            if variables is None:
-                variables = self._trainable_variables
-            checks = self._check_finite(list(grads), list(variables), "gradient")
-            checks += getattr(self, "_pending_checks", [])
-        # In a graph, every write of the step (weight decay, updates, the
-        # step counter) waits for all checks.
-        with tf.control_dependencies(checks):
-            result = super().apply(grads, trainable_variables)
-        # Keras applies constraints after the update; make the linear slots
-        # of constrained variables agree with the constrained weights.
         variables = self._trainable_variables if trainable_variables is None else trainable_variables
-        constrained = [v for v in variables if getattr(v, "constraint", None) is not None]
-        if constrained:
-            self._reanchor(constrained)
-        return result
+        parent = super().apply
+        return self._checked_apply(lambda: parent(grads, trainable_variables), list(grads),
+                                   list(variables), getattr(self, "_pending_checks", []))
 
     def update_step(self, gradient, variable, learning_rate):
         return self._apply_step(gradient, variable, learning_rate)

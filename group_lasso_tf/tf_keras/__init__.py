@@ -64,10 +64,11 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.Optimiz
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
                         **kwargs):
         parent = super().apply_gradients
+        grads_and_vars = list(grads_and_vars)
         return self._checked_apply(
-            lambda gv: parent(gv, name=name,
-                              skip_gradients_aggregation=skip_gradients_aggregation, **kwargs),
-            grads_and_vars)
+            lambda: parent(grads_and_vars, name=name,
+                           skip_gradients_aggregation=skip_gradients_aggregation, **kwargs),
+            [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars])
 
     def _apply_weight_decay(self, variables):
         super()._apply_weight_decay(variables)

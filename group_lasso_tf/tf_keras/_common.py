@@ -87,24 +87,6 @@ class TfKerasGroupMixin(base.GroupLassoMixin):
         dtype = getattr(variable, "true_dtype", variable.dtype)
         return tf.fill(variable.shape, tf.constant(self._slot_initial_value(slot_name), dtype))
 
-    def _checked_apply(self, apply_fn, grads_and_vars):
-        """Runs `apply_fn(grads_and_vars)` after the finite checks, then
-        re-anchors constrained variables (tf_keras applies constraints after
-        the update)."""
-        grads_and_vars = list(grads_and_vars)
-        checks = []
-        if self.check_numerics:
-            checks = self._check_finite([g for g, _ in grads_and_vars],
-                                        [v for _, v in grads_and_vars], "gradient")
-        with tf.control_dependencies(checks):
-            result = apply_fn(grads_and_vars)
-        constrained = [v for g, v in grads_and_vars
-                       if g is not None and getattr(v, "constraint", None) is not None]
-        if constrained:
-            with tf.control_dependencies([result]):
-                self._reanchor(constrained)
-        return result
-
     def _group_config(self):
         config = dict(self._rule_config)
         config.update(self._group_lasso_config())

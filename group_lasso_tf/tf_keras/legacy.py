@@ -62,10 +62,11 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.legacy.
 
     def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
         parent = super().apply_gradients
+        grads_and_vars = list(grads_and_vars)
         return self._checked_apply(
-            lambda gv: parent(gv, name=name,
-                              experimental_aggregate_gradients=experimental_aggregate_gradients),
-            grads_and_vars)
+            lambda: parent(grads_and_vars, name=name,
+                           experimental_aggregate_gradients=experimental_aggregate_gradients),
+            [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars])
 
     def get_config(self):
         config = super().get_config()
