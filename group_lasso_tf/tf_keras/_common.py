@@ -93,6 +93,11 @@ class TfKerasGroupMixin(base.GroupLassoMixin):
         return config
 
 
+def rule_classes(tf_keras_base, module, package):
+    """GroupAdam, GroupAMSGrad, GroupAdagrad, GroupMomentum, GroupFtrl on `tf_keras_base`."""
+    return tuple(make_optimizer(cls, tf_keras_base, module, package) for cls in RULE_CLASSES)
+
+
 def make_optimizer(keras3_cls, tf_keras_base, module, package):
     """The tf_keras class of `keras3_cls`'s rule on `tf_keras_base`."""
     defaults = _rule_defaults(keras3_cls)

@@ -81,16 +81,8 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.legacy.
                                    custom_objects=custom_objects)
 
 
-_classes = {
-    cls.__name__: _common.make_optimizer(cls, GroupLassoOptimizer, __name__,
-                                         "group_lasso_tf.legacy")
-    for cls in _common.RULE_CLASSES
-}
-GroupAdam = _classes["GroupAdam"]
-GroupAMSGrad = _classes["GroupAMSGrad"]
-GroupAdagrad = _classes["GroupAdagrad"]
-GroupMomentum = _classes["GroupMomentum"]
-GroupFtrl = _classes["GroupFtrl"]
+GroupAdam, GroupAMSGrad, GroupAdagrad, GroupMomentum, GroupFtrl = _common.rule_classes(
+    GroupLassoOptimizer, __name__, "group_lasso_tf.legacy")
 
 __all__ = ["GroupAdagrad", "GroupAdam", "GroupAMSGrad", "GroupFtrl", "GroupLassoOptimizer",
            "GroupMomentum"]
