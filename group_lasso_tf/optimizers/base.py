@@ -216,8 +216,9 @@ class GroupLassoMixin:
     _group_slot_names = ()
     _reanchor_outside_changes = True
 
-    def _init_group_lasso(self, l1, l21, l2, lazy, unregularized, regularize_vectors,
-                          use_locking, check_numerics, per_variable=None):
+    def _init_group_lasso(self, l1=0.0, l21=0.0, l2=0.0, lazy=True, unregularized=None,
+                          regularize_vectors=False, use_locking=True, check_numerics=False,
+                          per_variable=None):
         self.l1 = _strength_spec("l1", l1)
         self.l21 = _strength_spec("l21", l21)
         self.l2 = _strength_spec("l2", l2)
@@ -242,8 +243,9 @@ class GroupLassoMixin:
         return keras.saving.serialize_keras_object(spec) if callable(spec) else spec
 
     @classmethod
-    def _deserialize_strengths(cls, config, custom_objects=None):
-        """`config` with serialized schedules of the strengths turned back into objects."""
+    def from_config(cls, config, custom_objects=None):
+        """Keras's `from_config`, with serialized schedules of the strengths
+        turned back into objects first (every base, Keras 3 and tf_keras)."""
         config = dict(config)
 
         def load(value):
@@ -258,7 +260,7 @@ class GroupLassoMixin:
             config["per_variable"] = [
                 (key, {n: load(v) for n, v in overrides.items()})
                 for key, overrides in config["per_variable"]]
-        return config
+        return super().from_config(config, custom_objects=custom_objects)
 
     @staticmethod
     def _deserialize_strength(value, custom_objects):
@@ -646,11 +648,6 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(self._group_lasso_config())
         return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        return super().from_config(cls._deserialize_strengths(config, custom_objects),
-                                   custom_objects=custom_objects)
 
 
 def fill_docstring(doc):

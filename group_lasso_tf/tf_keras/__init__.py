@@ -86,11 +86,6 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.Optimiz
         config.update(self._group_config())
         return config
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        return super().from_config(cls._deserialize_strengths(config, custom_objects),
-                                   custom_objects=custom_objects)
-
 
 GroupAdam, GroupAMSGrad, GroupAdagrad, GroupMomentum, GroupFtrl = _common.rule_classes(
     GroupLassoOptimizer, __name__, "group_lasso_tf")

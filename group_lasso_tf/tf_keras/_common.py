@@ -60,11 +60,7 @@ class TfKerasGroupMixin(base.GroupLassoMixin):
         return rule, group, kwargs
 
     def _init_rule(self, rule, group):
-        defaults = dict(l1=0.0, l21=0.0, l2=0.0, lazy=True, unregularized=None,
-                        regularize_vectors=False, use_locking=True, check_numerics=False,
-                        per_variable=None)
-        defaults.update(group)
-        self._init_group_lasso(**defaults)
+        self._init_group_lasso(**group)
         if rule.pop("amsgrad", False):
             self._rule = "amsgrad"
             self._group_slot_names = ("momentum", "velocity", "velocity_hat", "linear")
