@@ -16,7 +16,7 @@ from group_lasso_tf.optimizers import (
     GroupLassoOptimizer,
     GroupMomentum,
 )
-from group_lasso_tf import hessian
+from group_lasso_tf import hessian, pruning, sparsity
 from group_lasso_tf.ops import fused_available
 
 __version__ = "0.1.0"
@@ -31,4 +31,6 @@ __all__ = [
     "GroupMomentum",
     "fused_available",
     "hessian",
+    "pruning",
+    "sparsity",
 ]

@@ -1,6 +1,7 @@
 """The optimizers as Keras optimizers: features, config, saving, errors, regularization."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -437,3 +438,23 @@ def test_multi_optimizer_routes_embeddings_to_a_group_optimizer(rng):
         assert rel_err(a.numpy(), b.numpy()) <= 1e-5, a.path
     table = routed.weights[0].numpy()
     assert np.all(table == 0, axis=1).any()
+
+
+def test_documented_module_paths_resolve_after_a_plain_import():
+    """README and docs write `group_lasso_tf.sparsity.SparsityTarget` and the like
+    after `import group_lasso_tf`; each such path must resolve in a fresh process."""
+    docs = [os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")]
+    docs_dir = os.path.join(os.path.dirname(docs[0]), "docs")
+    docs += [os.path.join(docs_dir, f) for f in os.listdir(docs_dir) if f.endswith(".md")]
+    paths = set()
+    for path in docs:
+        with open(path) as f:
+            # Submodules users import themselves (tf_keras needs the tf-keras package).
+            paths |= {m for m in re.findall(r"group_lasso_tf\.([a-z_]+\.[A-Za-z_]+)", f.read())
+                      if not m.startswith(("tf_keras.", "_core.", "export."))}
+    assert "sparsity.SparsityTarget" in paths
+    code = "import group_lasso_tf as gl, operator\n" + "".join(
+        f"operator.attrgetter({p!r})(gl)\n" for p in sorted(paths))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd="/", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
