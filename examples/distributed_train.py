@@ -19,7 +19,8 @@ gradients arrive concatenated from all replicas (duplicate ids summed by the
 fused op), and each replica updates its copy of the weights in place. Results
 equal one-device training on the same global batches.
 
-`--save-weights F.npz` writes the final weights and optimizer variables (the
+`--sparsity-target S` adds a `group_lasso_tf.sparsity.SparsityTarget` callback
+to `fit`. `--save-weights F.npz` writes the final weights and optimizer variables (the
 chief's), `--checkpoint DIR` writes a tf.train.Checkpoint of model and
 optimizer, `--restore DIR` starts from one (written under any strategy).
 """
@@ -117,6 +118,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--loop", choices=["fit", "custom"], default=None,
                         help="default: custom for multi_worker, fit otherwise")
+    parser.add_argument("--sparsity-target", type=float,
+                        help="steer l21 toward this row sparsity (SparsityTarget, fit only)")
     parser.add_argument("--save-weights")
     parser.add_argument("--checkpoint")
     parser.add_argument("--restore")
@@ -124,6 +127,8 @@ def main(argv=None):
 
     strategy = make_strategy(args.strategy, args.logical_cpus)  # before any other TF work
     loop = args.loop or ("custom" if args.strategy == "multi_worker" else "fit")
+    if args.sparsity_target is not None and loop != "fit":
+        parser.error("--sparsity-target is a fit callback: it needs --loop fit")
 
     import keras
 
@@ -150,7 +155,11 @@ def main(argv=None):
     print(f"strategy: {type(strategy).__name__}, replicas: {strategy.num_replicas_in_sync}, "
           f"fused ops: {gl.fused_available()}")
     if args.steps and loop == "fit":
-        model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+        callbacks = []
+        if args.sparsity_target is not None:
+            # Updates every 2 steps, so that a short run steers several times.
+            callbacks.append(gl.sparsity.SparsityTarget(args.sparsity_target, update_every=2))
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     elif args.steps:
         custom_loop(strategy, model, optimizer, features, data.train.label[:n], args)
 
@@ -167,7 +176,10 @@ def main(argv=None):
     if args.save_weights and is_chief:
         arrays = {f"w{i}": w.numpy() for i, w in enumerate(model.weights)}
         arrays.update({f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
-        replicas = [getattr(w.value, "values", None) for w in model.weights]
+        # Every replica's copy of the weights and of the optimizer's variables
+        # (slots, and the strengths a SparsityTarget assigns between steps).
+        replicas = [getattr(w.value, "values", None)
+                    for w in model.weights + list(optimizer.variables)]
         arrays["replicas_identical"] = np.array(all(
             r is None or all(np.array_equal(r[0].numpy(), x.numpy()) for x in r) for r in replicas))
         np.savez(args.save_weights, **arrays)
