@@ -142,7 +142,7 @@ def run(args):
         for name in args.optimizers:
             cls, _, lr, _, _ = GROUP[name]
             for target in args.targets:
-                l21, model = search_fixed(dataset, name, target)
+                l21, model = search_fixed(dataset, name, target, max_runs=args.search_runs)
                 rows.append(row(dataset, name, "fixed", target, 0, model, l21))
                 for seed in range(1, args.seeds):
                     rows.append(row(dataset, name, "fixed", target, seed,
@@ -244,6 +244,8 @@ def main(argv=None):
     parser.add_argument("--targets", default="0.5,0.8,0.9")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--finetune-steps", type=int, default=29)
+    parser.add_argument("--search-runs", type=int, default=10,
+                        help="most trainings of the bisection for a fixed l21")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "sparsity_target"))
     parser.add_argument("--from-csv", help="summarize this runs.csv again instead of training "
                                            "(keeps the trajectory plot)")
@@ -262,7 +264,7 @@ def main(argv=None):
     args.targets = [float(t) for t in args.targets.split(",")]
     if args.quick:
         args.datasets, args.optimizers, args.targets = args.datasets[:1], ["adam"], [0.8]
-        args.seeds, args.finetune_steps = 1, 5
+        args.seeds, args.finetune_steps, args.search_runs = 1, 5, 3
     rows, trajectories = run(args)
     if args.quick:
         check_sane(rows, args.targets)
