@@ -104,8 +104,8 @@ def test_sparsity_target_under_mirrored_equals_one_device(tmp_path):
     run's bit for bit, and so does the rest of training."""
     args = COMMON + ["--optimizer", "adam", "--l21", "2e-4", "--sparsity-target", "0.5"]
     for strategy in ("one_device", "mirrored"):
-        run_example("distributed_train.py", args + ["--strategy", strategy, "--logical-cpus", "2",
-                                                    "--save-weights", str(tmp_path / f"{strategy}.npz")])
+        run_example("distributed_train.py", args + [
+            "--strategy", strategy, "--save-weights", str(tmp_path / f"{strategy}.npz")])
     one, mirrored = np.load(tmp_path / "one_device.npz"), np.load(tmp_path / "mirrored.npz")
     assert mirrored["replicas_identical"]  # weights, slots and strengths on both replicas
     strengths = [k for k in one.files if one[k].dtype == np.float64 and one[k].ndim == 0]
