@@ -97,25 +97,33 @@ def test_zero_strengths_reproduce_adahessian_step_for_step(n_samples, hessian_po
 def test_strengths_follow_the_papers_proximal_step(rng):
     """GroupAdaHessian with l1, l21, l2 on a [p, 3] kernel == np_reference (paper.md)."""
     p, out = 6, 3
-    x = rng.normal(size=(64, p))
-    y = rng.normal(size=(64, out))
-    row_scale = np.array([[10.0], [1e-3], [1], [1e-3], [2], [1]])
-    kernel = tf.Variable(rng.normal(size=(p, out)) * row_scale)
-    strengths = dict(l1=0.01, l21=0.01, l2=0.02)
-    hp = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-4, "hessian_power": 1.0}
-    opt = gl.GroupAdaHessian(learning_rate=0.125, seed=7, **strengths, **hp)
-    state = np_reference.initial_state("adahessian", kernel.shape, hp)
-    ref = kernel.numpy()
-    for t in range(1, 6):
-        _, grads, hess = hessian.gradients_and_hessians(
-            lambda: tf.reduce_mean((tf.tanh(tf.constant(x) @ kernel) - y) ** 2), [kernel], opt)
-        ref, state = np_reference.dense_step("adahessian", ref, state, grads[0].numpy(), 0.125,
-                                             hp=hp, t=t, hess=hess[0].numpy(), **strengths)
-        opt.apply(grads, [kernel], hessians=hess)
-        assert rel_err(kernel.numpy(), ref) <= 1e-12, t
-    zero_rows = np.all(ref == 0, axis=1)
-    assert zero_rows.any() and not zero_rows.all()
-    np.testing.assert_array_equal(np.all(kernel.numpy() == 0, axis=1), zero_rows)
+    # The draw must zero some rows and keep others for the comparison to cover
+    # both. About 1 draw in 40 zeroes every row at the first step (measured: the
+    # Hessian estimate of that step is small, up to 10x below later steps), so
+    # then a fresh draw is taken; every draw is compared in full.
+    for _ in range(4):
+        x = rng.normal(size=(64, p))
+        y = rng.normal(size=(64, out))
+        row_scale = np.array([[10.0], [1e-3], [1], [1e-3], [2], [1]])
+        kernel = tf.Variable(rng.normal(size=(p, out)) * row_scale)
+        strengths = dict(l1=0.01, l21=0.01, l2=0.02)
+        hp = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-4, "hessian_power": 1.0}
+        opt = gl.GroupAdaHessian(learning_rate=0.125, seed=7, **strengths, **hp)
+        state = np_reference.initial_state("adahessian", kernel.shape, hp)
+        ref = kernel.numpy()
+        for t in range(1, 6):
+            _, grads, hess = hessian.gradients_and_hessians(
+                lambda: tf.reduce_mean((tf.tanh(tf.constant(x) @ kernel) - y) ** 2), [kernel], opt)
+            ref, state = np_reference.dense_step("adahessian", ref, state, grads[0].numpy(), 0.125,
+                                                 hp=hp, t=t, hess=hess[0].numpy(), **strengths)
+            opt.apply(grads, [kernel], hessians=hess)
+            assert rel_err(kernel.numpy(), ref) <= 1e-12, t
+        zero_rows = np.all(ref == 0, axis=1)
+        np.testing.assert_array_equal(np.all(kernel.numpy() == 0, axis=1), zero_rows)
+        if zero_rows.any() and not zero_rows.all():
+            break
+    else:
+        pytest.fail(f"no draw of 4 zeroed some rows and kept others: {zero_rows}")
 
 
 def test_hutchinson_estimate_converges_to_the_diagonal():
