@@ -62,8 +62,7 @@ def _rule_kwargs(rule):
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_schedules_and_callables_of_the_step(rule):
-    rng = np.random.default_rng()
+def test_schedules_and_callables_of_the_step(rule, rng):
     l21_late = float(rng.uniform(0.05, 0.3))
     # Zero during a warm-up of 3 steps, then l21_late; l1 ramps with the step.
     l21 = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.0, l21_late])
@@ -83,8 +82,7 @@ def test_schedules_and_callables_of_the_step(rule):
     assert opt.strength_variable(opt.iterations, "l21") is None  # not a regularized variable
 
 
-def test_set_strength_between_steps_never_retraces():
-    rng = np.random.default_rng()
+def test_set_strength_between_steps_never_retraces(rng):
     rule, hp = "adam", npr.BASE_HP["adam"]
     opt = gl.GroupAdam(learning_rate=LR, l21=0.01, **_rule_kwargs(rule))
     dense0, table0 = rng.normal(size=(5, 4)), rng.normal(size=(8, 3))
@@ -119,8 +117,7 @@ def test_set_strength_between_steps_never_retraces():
 
 
 @pytest.mark.parametrize("rule", ["adam", "ftrl"])
-def test_per_variable_strengths(rule):
-    rng = np.random.default_rng()
+def test_per_variable_strengths(rule, rng):
     default = tuple(float(v) for v in rng.uniform(0, [0.01, 0.1, 0.02]))
     table_l21 = float(rng.uniform(0.1, 0.5))
     dense_l1 = float(rng.uniform(0.01, 0.05))
@@ -192,8 +189,7 @@ def _table_model(rows=64, fields=2, dim=4):
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(x))
 
 
-def test_save_and_load_keep_schedules_per_variable_and_set_strengths(tmp_path):
-    rng = np.random.default_rng()
+def test_save_and_load_keep_schedules_per_variable_and_set_strengths(tmp_path, rng):
     x = rng.integers(0, 64, size=(256, 2)).astype("int32")
     y = (rng.uniform(size=256) < 0.3).astype("float32")
     schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 5, 0.5)
@@ -238,12 +234,11 @@ class CountingGroupAdam(gl.GroupAdam):
         return super().update_step(gradient, variable, learning_rate)
 
 
-def test_sparsity_target_steers_without_retracing():
+def test_sparsity_target_steers_without_retracing(rng):
     """The mechanics on a small model: from an l21 too weak to zero anything, the
     law raises l21 by `max_factor` per update while sparsity stays below the
     reference, the train step is traced once, and the epoch logs carry it.
     (Reaching the target is measured on the real click logs below.)"""
-    rng = np.random.default_rng()
     x, y = _signal_data(rng)
     keras.utils.set_random_seed(int(rng.integers(1 << 30)))
     model = _table_model(rows=400)
@@ -300,19 +295,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset,name,target", [("criteo", "adam", 0.8),
                                                  ("avazu", "ftrl", 0.5)])
-def test_sparsity_target_on_real_click_logs(dataset, name, target):
+def test_sparsity_target_on_real_click_logs(dataset, name, target, rng):
     """bench/sparsity_target.py's steered run on the shared data: within 3 points."""
     import sparsity_target as bench
 
     bench.data_cache[dataset] = bench.quality.LOADERS[dataset]()
-    row = bench.steered(dataset, name, target, seed=int(np.random.default_rng().integers(100)),
+    row = bench.steered(dataset, name, target, seed=int(rng.integers(100)),
                         trajectories={})
     assert abs(row["sparsity"] - target) <= 0.03, row
     assert row["auc"] > 0.65, row
 
 
 @pytest.mark.slow
-def test_sparsity_target_per_table_and_mixed_float16_on_criteo():
+def test_sparsity_target_per_table_and_mixed_float16_on_criteo(rng):
     """Two tables steered each on its own from l21 10x apart, under mixed_float16
     (the law reaches through the LossScaleOptimizer)."""
     import sparsity_target as bench
@@ -324,7 +319,7 @@ def test_sparsity_target_per_table_and_mixed_float16_on_criteo():
                              per_variable={"embedding_10/": {"l21": 1e-5}})
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = bench.fit(data, optimizer, seed=int(np.random.default_rng().integers(100)),
+        model = bench.fit(data, optimizer, seed=int(rng.integers(100)),
                           callbacks=[control])
     finally:
         keras.mixed_precision.set_global_policy("float32")

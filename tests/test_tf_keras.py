@@ -35,8 +35,7 @@ def _hyper_kwargs(rule):
 
 @pytest.mark.parametrize("base", sorted(BASES))
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_matches_numpy_reference(base, rule):
-    rng = np.random.default_rng()
+def test_matches_numpy_reference(base, rule, rng):
     l1, l21, l2 = (float(v) for v in rng.uniform(0, [0.05, 0.2, 0.05]))
     hp = npr.BASE_HP[rule]
     opt = getattr(BASES[base], RULES[rule])(learning_rate=LR, l1=l1, l21=l21, l2=l2,
@@ -87,13 +86,12 @@ def _counterparts(base):
 
 @pytest.mark.parametrize("base", sorted(BASES))
 @pytest.mark.parametrize("case", ["adam", "amsgrad", "adagrad", "momentum", "nesterov", "ftrl"])
-def test_zero_strengths_match_tf_keras(base, case):
+def test_zero_strengths_match_tf_keras(base, case, rng):
     """30 steps with a learning-rate schedule: the tf_keras optimizer, step for step."""
     name, kwargs, theirs_cls, their_kwargs = _counterparts(base)[case]
     schedule = lambda: tf_keras.optimizers.schedules.ExponentialDecay(2.0**-5, 10, 0.75)  # noqa
     ours = getattr(BASES[base], name)(learning_rate=schedule(), **kwargs)
     theirs = theirs_cls(learning_rate=schedule(), **their_kwargs)
-    rng = np.random.default_rng()
     init = [rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(4,)).astype(np.float32)]
     ours_vars = [tf.Variable(x) for x in init]
     their_vars = [tf.Variable(x) for x in init]
@@ -191,10 +189,9 @@ def test_fit_with_legacy_keras(fit_results, case):
 
 
 @pytest.mark.parametrize("base", sorted(BASES))
-def test_strengths_change_between_steps(base):
+def test_strengths_change_between_steps(base, rng):
     """Issue 9 on tf_keras: a callable of the step for l1, per_variable for the
     table, set_strength of l21 before each step; vs the NumPy reference."""
-    rng = np.random.default_rng()
     rule, hp = "adam", npr.BASE_HP["adam"]
     ramp = float(rng.uniform(0.001, 0.01))
     table_l2 = float(rng.uniform(0.01, 0.05))

@@ -92,10 +92,9 @@ def test_standalone_harness_builds_and_loads(harness):
 
 
 @pytest.mark.parametrize("rule", run_harness.RULES)
-def test_harness_matches_numpy_on_the_gpu(harness, rule):
+def test_harness_matches_numpy_on_the_gpu(harness, rule, rng):
     if harness.gl_gpu_device_count() == 0:
         pytest.skip("no CUDA device")
-    rng = np.random.default_rng()
     for sparse in (False, True):
         assert run_harness.check_rule(harness, rule, sparse, np.float64, rng) <= 1e-12
         assert run_harness.check_rule(harness, rule, sparse, np.float32, rng) <= 1e-5
