@@ -73,8 +73,9 @@ def row(dataset, optimizer, method, target, seed, model_or_metrics, l21=float("n
 data_cache = {}
 
 
-def steered(dataset, name, target, seed, trajectories):
-    cls, _, lr, start, _ = GROUP[name]
+def steered(dataset, name, target, seed, trajectories, lr=None):
+    cls, _, default_lr, start, _ = GROUP[name]
+    lr = default_lr if lr is None else lr
     control = sparsity.SparsityTarget(target)
     model = fit(data_cache[dataset], cls(learning_rate=lr, l21=start), seed, [control])
     if seed == 0:
