@@ -140,18 +140,22 @@ def run(args):
     return rows
 
 
-def summarize(rows):
-    """Mean and standard deviation over seeds, per (dataset, optimizer, method, l21)."""
+def summarize(rows, by=("dataset", "optimizer", "method", "l21"), extra=None):
+    """Mean and standard deviation over seeds of sparsity, AUC and log loss,
+    per group of rows equal in the keys `by`; `extra(entry, rows)` may add
+    fields computed from a group's rows."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["optimizer"], r["method"], r["l21"]), []).append(r)
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
     table = []
-    for (dataset, optimizer, method, l21), rs in groups.items():
-        entry = dict(dataset=dataset, optimizer=optimizer, method=method, l21=l21, seeds=len(rs))
+    for values, rs in groups.items():
+        entry = dict(zip(by, values), seeds=len(rs))
         for key in ("sparsity", "auc", "logloss"):
-            values = np.array([r[key] for r in rs])
-            entry[key] = float(values.mean())
-            entry[key + "_std"] = float(values.std())
+            runs = np.array([r[key] for r in rs])
+            entry[key] = float(runs.mean())
+            entry[key + "_std"] = float(runs.std())
+        if extra is not None:
+            extra(entry, rs)
         table.append(entry)
     return table
 

@@ -153,19 +153,13 @@ def run(args):
 
 
 def summarize(rows):
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["optimizer"], r["method"], r["target"]), []).append(r)
-    out = []
-    for (dataset, optimizer, method, target), rs in groups.items():
-        entry = dict(dataset=dataset, optimizer=optimizer, method=method, target=target,
-                     seeds=len(rs), l21=float(np.mean([r["l21"] for r in rs])))
-        for key in ("sparsity", "auc", "logloss"):
-            values = np.array([r[key] for r in rs])
-            entry[key], entry[key + "_std"] = float(values.mean()), float(values.std())
-        entry["max_miss"] = float(max(abs(r["sparsity"] - target) for r in rs))
-        out.append(entry)
-    return out
+    """quality.summarize per (dataset, optimizer, method, target), with each
+    group's mean l21 and its largest |sparsity - target| over the seeds."""
+    def extra(entry, rs):
+        entry["l21"] = float(np.mean([r["l21"] for r in rs]))
+        entry["max_miss"] = float(max(abs(r["sparsity"] - entry["target"]) for r in rs))
+
+    return quality.summarize(rows, by=("dataset", "optimizer", "method", "target"), extra=extra)
 
 
 def markdown(table):
@@ -256,6 +250,7 @@ def main(argv=None):
             rows = [{k: (v if k in ("dataset", "optimizer", "method") else float(v))
                      for k, v in r.items()} for r in csv.DictReader(f)]
         md = markdown(summarize(rows))
+        os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(md + "\n")
         print(md)
