@@ -160,6 +160,15 @@ def summarize(rows, by=("dataset", "optimizer", "method", "l21"), extra=None):
     return table
 
 
+def write_runs(path, rows):
+    """Every run as a row of a CSV file (what `--from-csv` reads back); creates its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def markdown(table):
     lines = ["| dataset | optimizer | l21 | row sparsity | group AUC | plain+prune AUC | "
              "plain+prune+finetune AUC | group logloss | plain+prune+finetune logloss |",
@@ -254,11 +263,7 @@ def main(argv=None):
     else:
         rows = run(args)
     table = summarize(rows)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "quality_runs.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_runs(os.path.join(args.out, "quality_runs.csv"), rows)
     md = markdown(table)
     with open(os.path.join(args.out, "quality.md"), "w") as f:
         f.write(md + "\n")

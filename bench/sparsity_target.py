@@ -265,11 +265,7 @@ def main(argv=None):
     if args.quick:
         check_sane(rows, args.targets)
         print("quick run: outputs sane")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "runs.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    quality.write_runs(os.path.join(args.out, "runs.csv"), rows)
     table = summarize(rows)
     md = markdown(table)
     with open(os.path.join(args.out, "results.md"), "w") as f:
