@@ -73,11 +73,11 @@ def row(dataset, optimizer, method, target, seed, model_or_metrics, l21=float("n
 data_cache = {}
 
 
-def steered(dataset, name, target, seed, trajectories, lr=None):
+def steered(dataset, name, target, seed, trajectories, lr=None, epochs=EPOCHS):
     cls, _, default_lr, start, _ = GROUP[name]
     lr = default_lr if lr is None else lr
     control = sparsity.SparsityTarget(target)
-    model = fit(data_cache[dataset], cls(learning_rate=lr, l21=start), seed, [control])
+    model = fit(data_cache[dataset], cls(learning_rate=lr, l21=start), seed, [control], epochs)
     if seed == 0:
         trajectories[(dataset, name, target)] = control.history
     return row(dataset, name, "steered", target, seed, model, control.history["l21"][-1])

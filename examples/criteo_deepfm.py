@@ -21,7 +21,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ctr_data  # noqa: E402
@@ -76,13 +75,11 @@ def for_optimizer(model, optimizer):
 
 
 def embedding_row_sparsity(model):
-    """{table name: (zero rows, rows)} for every Embedding layer."""
-    out = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Embedding):
-            table = layer.embeddings.numpy()
-            out[layer.name] = (int(np.sum(np.all(table == 0, axis=1))), table.shape[0])
-    return out
+    """{table name: (zero rows, counted rows)} for every Embedding layer: rows
+    never trained (ids absent from the training data) are not counted, as in
+    `group_lasso_tf.sparsity`."""
+    return {path.split("/")[0]: (s.zero_rows, s.counted_rows)
+            for path, s in gl.sparsity.embedding_sparsity(model).items()}
 
 
 def main(argv=None):
@@ -129,7 +126,7 @@ def train(args):
     zero = sum(z for z, _ in sparsity.values())
     rows = sum(r for _, r in sparsity.values())
     print(f"\ntest AUC: {test_auc:.4f}")
-    print(f"embedding row sparsity: {zero}/{rows} rows are zero ({zero / rows:.1%})")
+    print(f"embedding row sparsity: {zero}/{rows} trained rows are zero ({zero / rows:.1%})")
     print(f"{'table':<14}{'field':<7}{'rows':>7}{'zero':>7}{'sparsity':>10}")
     for (name, (z, r)), field in zip(sparsity.items(), data.field_names):
         print(f"{name:<14}{field:<7}{r:>7}{z:>7}{z / r:>10.1%}")

@@ -143,6 +143,17 @@ def row_step(rule, x, slots, g, lr, l1, l21, l2, hyper, nesterov=False, hessian=
         p_old = tf.where(fresh, tf.zeros_like(p_old), p_old)
     t1, t21, t2 = _thresholds(rule, lr, l1, l21, l2, hyper, d)
     lin = lin + a - (p_new - p_old) * x
+    return prox_rows(lin, p_new, t1, t21, t2), new_moments + [lin]
+
+
+def prox_rows(lin, p, t1, t21, t2):
+    """The proximal step (cc/group_lasso/prox.h): the rows x of the weights
+    given their linear slot `lin` ([rows, d]), preconditioner `p` and the
+    thresholds t1 (l1), t21 (group) and denominator term t2 (l2):
+
+        s = clip(lin, -t1, t1) - lin
+        x = 0 if ||s|| <= t21, else s (1 - t21 / ||s||) / (p + t2)
+    """
     s = tf.clip_by_value(lin, -t1, t1) - lin
     norm = tf.norm(s, axis=-1, keepdims=True)
     safe_norm = tf.where(norm > 0, norm, tf.ones_like(norm))
@@ -151,8 +162,46 @@ def row_step(rule, x, slots, g, lr, l1, l21, l2, hyper, nesterov=False, hessian=
         tf.where(norm <= t21, tf.zeros_like(norm), 1 - t21 / safe_norm),
         tf.ones_like(norm),
     )
-    x_new = tf.where(factor == 0, tf.zeros_like(s), s * factor / (p_new + t2))
-    return x_new, new_moments + [lin]
+    return tf.where(factor == 0, tf.zeros_like(s), s * factor / (p + t2))
+
+
+def _preconditioner(rule, x, slots, lr, hyper, nesterov):
+    """p of the rows' current moment slots (the p_new of their last step)."""
+    zeros = tf.zeros_like(x)
+    return _STEPS[rule](zeros, x, slots[:-1], lr, hyper, nesterov, zeros)[2]
+
+
+def survival_strengths(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
+    """Per row ([rows] tensor): the smallest `l21` at which the proximal step
+    of the row's current linear slot gives an all-zero row, i.e.
+    ||clip(lin, -t1, t1) - lin|| over the group threshold per unit of l21
+    (`lr * sqrt(d)`; `sqrt(d)` for FTRL, in Keras's units). A row is zero
+    after `shrink_rows` at strength l21 exactly when its survival strength is
+    <= l21. Rows never trained (all-zero linear slot, non-zero weights) get
+    NaN: no strength zeroes them, `shrink_rows` leaves them as they are.
+    """
+    del l21
+    d = x.shape[-1]
+    lin = slots[-1]
+    t1, per_l21, _ = _thresholds(rule, lr, l1, tf.ones_like(lr), l2, hyper, d)
+    norm = tf.norm(tf.clip_by_value(lin, -t1, t1) - lin, axis=-1)
+    never_trained = tf.logical_and(tf.reduce_all(tf.equal(lin, 0), axis=-1),
+                                   tf.reduce_any(tf.not_equal(x, 0), axis=-1))
+    return tf.where(never_trained, tf.constant(math.nan, x.dtype), norm / per_l21)
+
+
+def shrink_rows(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
+    """The rows x as the proximal step gives them from their current slots at
+    these strengths: the step of every trained row re-applied, so that a row
+    not updated since the strengths changed does not keep weights of the old
+    ones. Rows never trained (all-zero linear slot) keep their weights.
+    """
+    d = x.shape[-1]
+    lin = slots[-1]
+    p = _preconditioner(rule, x, slots, lr, hyper, nesterov)
+    t1, t21, t2 = _thresholds(rule, lr, l1, l21, l2, hyper, d)
+    trained = tf.reduce_any(tf.not_equal(lin, 0), axis=-1, keepdims=True)
+    return tf.where(trained, prox_rows(lin, p, t1, t21, t2), x)
 
 
 def anchor_linear(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
@@ -169,8 +218,7 @@ def anchor_linear(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
     slots are [rows, d] tensors; the moment slots are not changed.
     """
     d = x.shape[-1]
-    zeros = tf.zeros_like(x)
-    _, _, p, _ = _STEPS[rule](zeros, x, slots[:-1], lr, hyper, nesterov, zeros)
+    p = _preconditioner(rule, x, slots, lr, hyper, nesterov)
     t1, t21, t2 = _thresholds(rule, lr, l1, l21, l2, hyper, d)
     u = (p + t2) * x
     norm = tf.norm(u, axis=-1, keepdims=True)
@@ -182,14 +230,14 @@ def anchor_linear(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
 def reanchor_dense(rule, var, slots, lr, l1, l21, l2, hyper, nesterov=False):
     """Sets the linear slot (slots[-1]) of every row from var (see anchor_linear)."""
     shape = tf.shape(var)
-    x = _as_rows(var.read_value())
-    lin = anchor_linear(rule, x, [_as_rows(s.read_value()) for s in slots], lr, l1, l21, l2,
+    x = as_rows(var.read_value())
+    lin = anchor_linear(rule, x, [as_rows(s.read_value()) for s in slots], lr, l1, l21, l2,
                         hyper, nesterov)
     return slots[-1].assign(tf.reshape(lin, shape))
 
 
-def _as_rows(t):
-    """[rows, d] view of a tensor: rows along axis 0; a scalar is one row."""
+def as_rows(t):
+    """The [rows, d] view of a tensor: rows along axis 0; a scalar is one row."""
     if t.shape.rank == 0:
         return tf.reshape(t, [1, 1])
     return tf.reshape(t, [tf.shape(t)[0], -1])
@@ -199,16 +247,16 @@ def apply_dense(rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov=False, 
     """Updates tf.Variables `var` and `slots` in place with a dense gradient."""
     _check_hessian(rule, hessian)
     shape = tf.shape(var)
-    x = _as_rows(var.read_value())
+    x = as_rows(var.read_value())
     if x.shape[-1] is None or 0 in x.shape:
         return tf.no_op()
     if hessian is not None:
-        hessian = _as_rows(tf.convert_to_tensor(hessian, var.dtype))
+        hessian = as_rows(tf.convert_to_tensor(hessian, var.dtype))
     new_x, new_slots = row_step(
         rule,
         x,
-        [_as_rows(s.read_value()) for s in slots],
-        _as_rows(tf.convert_to_tensor(grad, var.dtype)),
+        [as_rows(s.read_value()) for s in slots],
+        as_rows(tf.convert_to_tensor(grad, var.dtype)),
         lr, l1, l21, l2, hyper, nesterov, hessian,
     )
     updates = [s.assign(tf.reshape(t, shape)) for s, t in zip(slots, new_slots)]

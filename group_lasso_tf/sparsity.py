@@ -1,17 +1,22 @@
-"""Row sparsity of a model's variables, and a Keras callback that logs it.
+"""Row sparsity of a model's variables, and Keras callbacks that log and steer it.
 
 A row is a slice along axis 0 (an embedding row = a feature id, a `Dense`
 kernel row = an input unit); it is *zero* when all its elements are exactly 0.
-Under lazy updates an embedding row that training never touched keeps its
-initial values: when the optimizer is given, such rows (their linear slot is
-all zero and the row is not) are counted separately as `never_trained`.
+
+Which rows count: under lazy updates an embedding row that training never
+touched (an id absent from the training data) keeps its initial values, and
+no strength of the group lasso can act on it. When the trained group
+optimizer is known, such rows (their linear slot is all zero and the row is
+not) are *never trained*: they are left out of the sparsity, which is
+`zero rows / (rows - never-trained rows)`. Without the optimizer every row
+counts. `row_sparsity`, `SparsityLogger`, `SparsityTarget`, the export report
+and the benchmarks all use this definition (docs/sparsity.md#which-rows-count).
 
 `SparsityTarget` steers a group optimizer's `l21` during training so that
 the row sparsity of the embedding tables reaches a requested fraction.
 """
 
 import dataclasses
-import math
 import numbers
 import re
 
@@ -34,9 +39,21 @@ class RowSparsity:
     never_trained_rows: int = 0
 
     @property
+    def counted_rows(self):
+        """Rows the sparsity counts: all but the never-trained ones."""
+        return self.rows - self.never_trained_rows
+
+    @property
     def sparsity(self):
-        """Fraction of rows that are exactly zero."""
-        return self.zero_rows / self.rows if self.rows else 0.0
+        """Fraction of the counted rows that are exactly zero."""
+        return self.zero_rows / self.counted_rows if self.counted_rows else 0.0
+
+
+def overall_sparsity(stats):
+    """Zero rows over counted rows of several `RowSparsity` (0 when none count)."""
+    stats = list(stats.values() if isinstance(stats, dict) else stats)
+    counted = sum(s.counted_rows for s in stats)
+    return sum(s.zero_rows for s in stats) / counted if counted else 0.0
 
 
 def _rows(array):
@@ -63,6 +80,7 @@ def row_sparsity(variable, optimizer=None, name=None):
 
 
 def _linear_slot(optimizer, variable):
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
     if optimizer is None or "linear" not in getattr(optimizer, "_group_slot_names", ()):
         return None
     try:
@@ -97,8 +115,8 @@ class SparsityLogger(keras.callbacks.Callback):
     For each variable of rank >= 2 (only embedding tables with
     `embeddings_only=True`) it adds `sparsity/<variable path>` (fraction of zero
     rows) and `zero_params/<variable path>` (count of zero elements) to the
-    epoch logs, plus `sparsity/embeddings` (zero rows over rows of all
-    embedding tables) and, with `log_dir`, writes the same as `tf.summary`
+    epoch logs, plus `sparsity/embeddings` (zero rows over counted rows of
+    all embedding tables) and, with `log_dir`, writes the same as `tf.summary`
     scalars there.
     """
 
@@ -114,9 +132,8 @@ class SparsityLogger(keras.callbacks.Callback):
         tables = embedding_sparsity(self.model)
         values = {f"sparsity/{path}": s.sparsity for path, s in stats.items()}
         values.update({f"zero_params/{path}": s.zero_params for path, s in stats.items()})
-        rows = sum(s.rows for s in tables.values())
-        if rows:
-            values["sparsity/embeddings"] = sum(s.zero_rows for s in tables.values()) / rows
+        if tables:
+            values["sparsity/embeddings"] = overall_sparsity(tables)
         logs.update(values)
         if self.log_dir:
             import tensorflow as tf
@@ -156,30 +173,48 @@ def plot_sparsity(history, path, keys=None):
 class SparsityTarget(keras.callbacks.Callback):
     """Steers `l21` during `fit` so that embedding row sparsity reaches `target`.
 
-    Row sparsity as a function of a fixed `l21` is a knife edge (on the Criteo
-    sample it jumps from 0% to over 90% within a factor of 3 of `l21`); this
-    callback finds the strength while training instead. Every `update_every`
-    steps it measures the row sparsity `s` of the steered tables and moves
-    their `l21` multiplicatively toward a reference that rises from 0 at
-    `begin_step` to `target` at `end_step` and then stays there:
+    Row sparsity as a function of a fixed `l21` is a knife edge, and where
+    the edge lies depends on the data, the optimizer, the learning rate and
+    the step (at a fixed strength, the linear slot of a zeroed row keeps
+    accumulating gradients, so rows revive as training goes on). This
+    callback does not search for the strength. Each row's own slots say at
+    which `l21` its proximal step gives an all-zero row (its *survival
+    strength*, `optimizer.survival_strengths`); every `update_every` steps
+    the callback
 
-        r(t)   = target * (1 - (1 - (t - begin_step) / (end_step - begin_step))^3)
-        e      = r(t) - s(t) - damping * (s(t) - s(t - update_every))
-        l21   <- l21 * exp(clip(gain * e, -log(max_factor), +log(max_factor)))
+    1. sets `l21` between the k-th and (k+1)-th smallest survival strengths
+       of the counted rows of the steered tables, k = round(r(t) * rows),
+       so that exactly the fraction r(t) of them is zero at that strength;
+    2. re-applies the proximal step to every trained row of those tables at
+       the new strength (`optimizer.shrink_rows`), so that rows not updated
+       since do not keep weights of the old strength.
 
-    An integral law on `log(l21)`: the strength keeps rising while sparsity is
-    below the reference and falls when above, by at most `max_factor` per
-    update. The `damping` term subtracts the sparsity's own rise since the
-    last update (rows die over several steps after `l21` crosses their
-    threshold), which keeps it from overshooting the knife edge. Steering
-    multiplies every steered table's `l21` by the same factor (`per_table=False`,
-    keeping the ratios of `per_variable` strengths) or each table's by its
-    own from its own sparsity (`per_table=True`).
+    After an update the sparsity equals r(t) up to one row (and ties).
+    The reference r(t) is tfmot's cubic schedule, from 0 at `begin_step` to
+    `target` at `end_step`, then `target`:
 
-    The optimizer's `l21` for these tables must be a number (not a schedule);
-    where it is 0 the first update sets it to `initial_l21`. The strengths
-    are optimizer variables: steering never retraces the train step, and they
-    are saved with the optimizer.
+        r(t) = target * (1 - (1 - (t - begin_step) / (end_step - begin_step))^3)
+
+    An update also runs after the last batch of every epoch and when
+    training ends, so the model that `fit` leaves (and each epoch's
+    validation) is at the reference. Between updates the steps run at the
+    fixed strength set last, and rows may revive or die; `history` records
+    the sparsity before each update (`drifted`) and after it (`sparsity`).
+
+    Rows that count are those of `row_sparsity` with the optimizer: rows
+    never trained (an id absent from the training data, which keeps its
+    initial values) are left out. With `per_table=False` (default) one
+    quantile is taken over the rows of all steered tables, each table's
+    survival strengths divided by the ratio of its `l21` to the first
+    table's at the start (so `per_variable` ratios are kept; equal when the
+    strengths start at 0); with `per_table=True` each table reaches `target`
+    on its own.
+
+    The optimizer's `l21` for these tables must be a number (not a
+    schedule); it may start at 0. The strengths are optimizer variables:
+    steering never retraces the train step, and they are saved with the
+    optimizer. Keras 3 only (the `group_lasso_tf.tf_keras` optimizers have
+    the same methods, but tf_keras's `fit` takes tf_keras callbacks).
 
     Args:
         target: Row sparsity to reach, in [0, 1).
@@ -193,56 +228,49 @@ class SparsityTarget(keras.callbacks.Callback):
             rest of training to settle at the target.
         update_every: Steps between updates. Defaults to 1/100 of the steps
             of the `fit` call (at least 1).
-        gain: Multiplier of the error in the exponent. Defaults to `4.0`.
-        damping: Weight of the sparsity's rise since the last update.
-            Defaults to `4.0`.
-        max_factor: Largest change of `l21` in one update. Defaults to `1.25`.
-        initial_l21: `l21` to start from where the optimizer's is 0.
         per_table: Steer each table separately. Defaults to `False`.
         verbose: 1 prints each update.
 
-    After training, `history` holds the steps, references, measured
-    sparsities and `l21` values of each update (`l21` of the first steered
-    table); `fit`'s epoch logs get `row_sparsity`, `l21` and
-    `sparsity_reference`.
+    After training, `history` holds the steps, references, sparsities
+    before (`drifted`) and after (`sparsity`) each update, and the `l21` of
+    the first steered table; `fit`'s epoch logs get `row_sparsity`, `l21`
+    and `sparsity_reference`.
     """
 
     def __init__(self, target, tables=None, begin_step=None, end_step=None, update_every=None,
-                 gain=4.0, damping=4.0, max_factor=1.25, initial_l21=None, per_table=False,
-                 verbose=0):
+                 per_table=False, verbose=0):
         super().__init__()
         if isinstance(target, bool) or not isinstance(target, numbers.Real) \
                 or not 0 <= target < 1:
             raise ValueError(f"`target` must be a fraction in [0, 1), got {target!r}")
-        for name, value in (("gain", gain), ("damping", damping)):
-            if not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value!r}")
-        if not isinstance(max_factor, numbers.Real) or not max_factor > 1:
-            raise ValueError(f"`max_factor` must be > 1, got {max_factor!r}")
-        if initial_l21 is not None and (not isinstance(initial_l21, numbers.Real)
-                                        or not initial_l21 > 0):
-            raise ValueError(f"`initial_l21` must be > 0, got {initial_l21!r}")
-        if update_every is not None and (not isinstance(update_every, int) or update_every < 1):
+        if update_every is not None and (isinstance(update_every, bool)
+                                         or not isinstance(update_every, int)
+                                         or update_every < 1):
             raise ValueError(f"`update_every` must be an int >= 1, got {update_every!r}")
+        for name, value in (("begin_step", begin_step), ("end_step", end_step)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
         self.target = float(target)
         self.tables = tables
         self.begin_step = begin_step
         self.end_step = end_step
         self.update_every = update_every
-        self.gain = float(gain)
-        self.damping = float(damping)
-        self.max_factor = float(max_factor)
-        self.initial_l21 = initial_l21
         self.per_table = bool(per_table)
         self.verbose = verbose
-        self.history = {"step": [], "reference": [], "sparsity": [], "l21": []}
+        self.history = {"step": [], "reference": [], "drifted": [], "sparsity": [], "l21": []}
 
     # ------------------------------------------------------------ set-up
     def _optimizer(self):
+        if not isinstance(self.model, keras.Model):
+            raise TypeError(
+                "SparsityTarget is a Keras 3 callback; this model is a "
+                f"{type(self.model).__module__}.{type(self.model).__name__} (tf_keras's fit "
+                "takes tf_keras callbacks)")
         optimizer = self.model.optimizer
         # LossScaleOptimizer (mixed_float16) wraps the group optimizer.
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-        if not hasattr(optimizer, "strength_variable"):
+        if not hasattr(optimizer, "shrink_rows"):
             raise TypeError(
                 "SparsityTarget steers a group_lasso_tf optimizer's l21; the model is compiled "
                 f"with {type(optimizer).__name__}")
@@ -274,68 +302,114 @@ class SparsityTarget(keras.callbacks.Callback):
                 raise ValueError(
                     f"SparsityTarget: the l21 of {table.path!r} is not a number held by the "
                     "optimizer (it is a schedule, or the variable is unregularized)")
-            if float(strength.numpy()) == 0.0:
-                if self.initial_l21 is None:
-                    raise ValueError(
-                        f"SparsityTarget: the l21 of {table.path!r} is 0; give the optimizer "
-                        "l21 > 0 or SparsityTarget(initial_l21=...)")
-                strength.assign(float(self.initial_l21))
             self._strengths.append(strength)
+        start = np.array([float(s.numpy()) for s in self._strengths])
+        # Each table's l21 relative to its unit's first (kept by per_table=False).
+        self._ratios = start / start[0] if np.all(start > 0) else np.ones(len(tables))
         self._tables = tables
-        self._rows = np.array([t.shape[0] for t in tables], np.float64)
         self._units = [[i] for i in range(len(tables))] if self.per_table else [
             list(range(len(tables)))]
-        self._previous = None
         start = int(optimizer.iterations.numpy())
         steps = (self.params or {}).get("steps") or 1
         total = steps * ((self.params or {}).get("epochs") or 1)
+        self._steps_per_epoch = (self.params or {}).get("steps")
         self._begin = start if self.begin_step is None else int(self.begin_step)
         self._end = start + int(0.7 * total) if self.end_step is None else int(self.end_step)
         self._end = max(self._end, self._begin + 1)
         self._every = self.update_every or max(1, total // 100)
-        self._zero_rows = tf.function(lambda: [
-            tf.reduce_sum(tf.cast(tf.reduce_all(tf.equal(
-                tf.reshape(t, [tf.shape(t)[0], -1]), 0), axis=1), tf.int64)) for t in tables])
+        counts = lambda: tf.stack([_zero_and_counted(optimizer, t) for t in tables])  # noqa
+        # Two calls an update: the survival strengths with the counts before
+        # it, then the re-applied step with the counts after it.
+        self._survival = tf.function(
+            lambda: ([optimizer.survival_strengths(t) for t in tables], counts()))
+
+        @tf.function
+        def shrink():
+            optimizer.shrink_rows(tables)
+            return counts()
+
+        self._shrink = shrink
+        self._counts = tf.function(counts)
 
     # ------------------------------------------------------------ control
     def reference(self, step):
-        """The sparsity the law steers toward at optimizer step `step`: tfmot's
+        """The sparsity the law steers to at optimizer step `step`: tfmot's
         cubic schedule from 0 at `begin_step` to `target` at `end_step`."""
         return pruning.polynomial_sparsity(step, 0.0, self.target, self._begin, self._end)
 
     def measure(self):
-        """Fraction of zero rows of each steered unit (all tables, or each table)."""
-        zero = np.array([int(z) for z in self._zero_rows()], np.float64)
-        return np.array([zero[u].sum() / self._rows[u].sum() for u in self._units])
+        """Fraction of zero rows among the counted rows of each steered unit."""
+        counts = np.asarray(self._counts(), np.float64)
+        return np.array([counts[u, 0].sum() / max(counts[u, 1].sum(), 1) for u in self._units])
+
+    def _overall(self, counts=None):
+        counts = np.asarray(self._counts() if counts is None else counts, np.float64)
+        return float(counts[:, 0].sum() / max(counts[:, 1].sum(), 1))
+
+    def _update(self, step):
+        reference = self.reference(step)
+        survival, before = self._survival()
+        survival = [np.asarray(s, np.float64) for s in survival]
+        for unit in self._units:
+            values = np.concatenate([survival[i] / self._ratios[i] for i in unit])
+            level = strength_at_sparsity(values[~np.isnan(values)], reference)
+            if level is None:
+                continue
+            for i in unit:
+                self._strengths[i].assign(level * self._ratios[i])
+        after = self._shrink()
+        self.history["step"].append(step)
+        self.history["reference"].append(reference)
+        self.history["drifted"].append(self._overall(before))
+        self.history["sparsity"].append(self._overall(after))
+        self.history["l21"].append(float(self._strengths[0].numpy()))
+        if self.verbose:
+            print(f"SparsityTarget step {step}: sparsity {self.history['drifted'][-1]:.3f} -> "
+                  f"{self.history['sparsity'][-1]:.3f} (reference {reference:.3f}), "
+                  f"l21 -> {self.history['l21'][-1]:.3g}")
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self._optimizer().iterations.numpy())
-        if step < self._begin or (step - self._begin) % self._every:
+        if step < self._begin:
             return
-        sparsity = self.measure()
-        reference = self.reference(step)
-        rise = 0.0 if self._previous is None else sparsity - self._previous
-        self._previous = sparsity
-        error = reference - sparsity - self.damping * rise
-        limit = math.log(self.max_factor)
-        factors = np.exp(np.clip(self.gain * error, -limit, limit))
-        for unit, factor in zip(self._units, np.atleast_1d(factors)):
-            for i in unit:
-                self._strengths[i].assign(self._strengths[i] * float(factor))
-        l21 = float(self._strengths[0].numpy())
-        overall = float(np.dot(sparsity, [self._rows[u].sum() for u in self._units])
-                        / self._rows.sum())
-        self.history["step"].append(step)
-        self.history["reference"].append(reference)
-        self.history["sparsity"].append(overall)
-        self.history["l21"].append(l21)
-        if self.verbose:
-            print(f"SparsityTarget step {step}: sparsity {overall:.3f} "
-                  f"(reference {reference:.3f}), l21 -> {l21:.3g}")
+        last_of_epoch = self._steps_per_epoch is not None and batch + 1 == self._steps_per_epoch
+        if last_of_epoch or (step - self._begin) % self._every == 0:
+            self._update(step)
+
+    def on_train_end(self, logs=None):
+        step = int(self._optimizer().iterations.numpy())
+        if step >= self._begin and (not self.history["step"] or self.history["step"][-1] != step):
+            self._update(step)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history["step"]:
-            logs["row_sparsity"] = float(np.dot(self.measure(), [
-                self._rows[u].sum() for u in self._units]) / self._rows.sum())
+            logs["row_sparsity"] = self._overall()
             logs["l21"] = self.history["l21"][-1]
             logs["sparsity_reference"] = self.history["reference"][-1]
+
+
+def strength_at_sparsity(survival, fraction):
+    """The `l21` at which `round(fraction * n)` of n rows with these survival
+    strengths are zero: midway between the k-th and (k+1)-th smallest (ties
+    at the k-th are all zero). None when there are no rows."""
+    n = survival.size
+    if n == 0:
+        return None
+    k = int(round(fraction * n))
+    if k >= n:
+        top = float(survival.max())
+        return 2 * top if top > 0 else 0.0
+    upper = float(np.partition(survival, k)[k])
+    lower = float(np.partition(survival, k - 1)[k - 1]) if k > 0 else 0.0
+    return 0.5 * (lower + upper)
+
+
+def _zero_and_counted(optimizer, table):
+    """(zero rows, counted rows) of a table, as in `row_sparsity`, in TF ops."""
+    x = tf.reshape(tf.convert_to_tensor(table), [tf.shape(table)[0], -1])
+    zero = tf.reduce_all(tf.equal(x, 0), axis=1)
+    linear = optimizer.get_slot(table, "linear")
+    linear = tf.reshape(tf.convert_to_tensor(linear), tf.shape(x))
+    never = tf.logical_and(tf.reduce_all(tf.equal(linear, 0), axis=1), tf.logical_not(zero))
+    count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.int64))  # noqa: E731
+    return count(zero), tf.shape(x, out_type=tf.int64)[0] - count(never)

@@ -1,14 +1,12 @@
 """Strengths that change during training (issue 9): schedules and callables of
 the step, `set_strength` between steps without retracing, per-variable
-strengths, their serialization, and `sparsity.SparsityTarget` reaching a
-requested row sparsity.
+strengths and their serialization (`sparsity.SparsityTarget`, which sets
+them, is tested in test_sparsity_target.py).
 
 Values are checked against the float64 NumPy reference of paper.md fed the
 strengths each step should have seen, on fresh random inputs every run.
 """
 
-import os
-import sys
 
 import keras
 import numpy as np
@@ -17,7 +15,6 @@ import tensorflow as tf
 
 import group_lasso_tf as gl
 import np_reference as npr
-from group_lasso_tf import sparsity
 from harness import rel_err
 
 RULES = {"adam": gl.GroupAdam, "amsgrad": gl.GroupAMSGrad, "adagrad": gl.GroupAdagrad,
@@ -214,123 +211,3 @@ def test_save_and_load_keep_schedules_per_variable_and_set_strengths(tmp_path, r
     loaded.train_on_batch(x[:64], y[:64])
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
-
-
-# ------------------------------------------------------------------ SparsityTarget
-def _signal_data(rng, rows=400, n=8192):
-    ids = rng.integers(0, rows, size=(n, 2)).astype("int32")
-    weight = np.where(np.arange(rows) < rows // 5, rng.normal(size=rows) * 2, 0.0)
-    logit = weight[ids].sum(axis=1)
-    return ids, (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype("float32")
-
-
-class CountingGroupAdam(gl.GroupAdam):
-    """GroupAdam that counts Python calls of update_step (one per variable per trace)."""
-
-    calls = 0
-
-    def update_step(self, gradient, variable, learning_rate):
-        CountingGroupAdam.calls += 1
-        return super().update_step(gradient, variable, learning_rate)
-
-
-def test_sparsity_target_steers_without_retracing(rng):
-    """The mechanics on a small model: from an l21 too weak to zero anything, the
-    law raises l21 by `max_factor` per update while sparsity stays below the
-    reference, the train step is traced once, and the epoch logs carry it.
-    (Reaching the target is measured on the real click logs below.)"""
-    x, y = _signal_data(rng)
-    keras.utils.set_random_seed(int(rng.integers(1 << 30)))
-    model = _table_model(rows=400)
-    CountingGroupAdam.calls = 0
-    model.compile(optimizer=CountingGroupAdam(learning_rate=0.01, l21=1e-9),
-                  loss="binary_crossentropy")
-    control = sparsity.SparsityTarget(0.5, tables=["table"], update_every=4)
-    history = model.fit(x, y, batch_size=128, epochs=2, verbose=0, callbacks=[control])
-    h = control.history
-    assert h["step"][:3] == [4, 8, 12]
-    first = [i for i, s in enumerate(h["sparsity"]) if s > 0]
-    early = h["l21"][: (first[0] if first else len(h["l21"]))]
-    assert len(early) > 5
-    np.testing.assert_allclose(np.array(early[1:]) / np.array(early[:-1]), 1.25, rtol=1e-12)
-    assert CountingGroupAdam.calls == len(model.trainable_variables)  # one trace
-    table = model.get_layer("table").embeddings
-    assert model.optimizer.get_strength(table, "l21") == h["l21"][-1]
-    assert model.optimizer.get_strength(model.get_layer("head").kernel, "l21") == 1e-9
-    assert history.history["row_sparsity"][-1] == pytest.approx(
-        np.mean(np.all(table.numpy() == 0, axis=1)))
-    assert history.history["l21"][-1] == h["l21"][-1]
-    assert h["reference"][-1] == pytest.approx(0.5) and h["reference"][0] < 0.1
-
-
-def test_sparsity_target_errors():
-    for bad in (1.0, -0.1, "0.5", True):
-        with pytest.raises(ValueError, match="`target`"):
-            sparsity.SparsityTarget(bad)
-    with pytest.raises(ValueError, match="`max_factor`"):
-        sparsity.SparsityTarget(0.5, max_factor=1.0)
-    with pytest.raises(ValueError, match="`update_every`"):
-        sparsity.SparsityTarget(0.5, update_every=0)
-    x = np.zeros((64, 2), "int32")
-    y = np.zeros(64, "float32")
-    cases = [
-        (keras.optimizers.Adam(), {}, TypeError, "group_lasso_tf optimizer"),
-        (gl.GroupAdam(), {}, ValueError, "initial_l21"),
-        (gl.GroupAdam(l21=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)), {},
-         ValueError, "schedule"),
-        (gl.GroupAdam(l21=1e-3), {"tables": ["no_such_table"]}, ValueError, "matched nothing"),
-    ]
-    for optimizer, kwargs, error, message in cases:
-        model = _table_model()
-        model.compile(optimizer=optimizer, loss="binary_crossentropy")
-        with pytest.raises(error, match=message):
-            model.fit(x, y, epochs=1, verbose=0,
-                      callbacks=[sparsity.SparsityTarget(0.5, **kwargs)])
-
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "bench"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset,name,target", [("criteo", "adam", 0.8),
-                                                 ("avazu", "ftrl", 0.5)])
-def test_sparsity_target_on_real_click_logs(dataset, name, target, rng):
-    """bench/sparsity_target.py's steered run on the shared data: within 3 points."""
-    import sparsity_target as bench
-
-    bench.data_cache[dataset] = bench.quality.LOADERS[dataset]()
-    # GroupFtrl at the benchmark's learning rate 0.2 trains badly on Avazu for some
-    # seeds (test AUC 0.57 for 1 of seeds 90-99; Keras Ftrl 0.66 for another);
-    # at 0.1 all ten gave 0.690-0.705 and ended within 1.1 points of 50%.
-    lr = 0.1 if name == "ftrl" else None
-    row = bench.steered(dataset, name, target, seed=int(rng.integers(100)),
-                        trajectories={}, lr=lr)
-    assert abs(row["sparsity"] - target) <= 0.03, row
-    assert row["auc"] > 0.65, row
-
-
-@pytest.mark.slow
-def test_sparsity_target_per_table_and_mixed_float16_on_criteo(rng):
-    """Two tables steered each on its own from l21 10x apart, under mixed_float16
-    (the law reaches through the LossScaleOptimizer)."""
-    import sparsity_target as bench
-
-    data = bench.quality.LOADERS["criteo"]()
-    tables = ["embedding_6/", "embedding_10/"]
-    control = sparsity.SparsityTarget(0.8, tables=tables, per_table=True)
-    optimizer = gl.GroupAdam(learning_rate=2e-3, l21=1e-4,
-                             per_variable={"embedding_10/": {"l21": 1e-5}})
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = bench.fit(data, optimizer, seed=int(rng.integers(100)),
-                          callbacks=[control])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    for name in ("embedding_6", "embedding_10"):
-        table = model.get_layer(name).embeddings.numpy()
-        assert abs(np.mean(np.all(table == 0, axis=1)) - 0.8) <= 0.03, name
-    # The other tables kept the optimizer's l21.
-    other = model.get_layer("embedding_0").embeddings
-    assert optimizer.get_strength(other, "l21") == 1e-4

@@ -304,7 +304,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
 
         hessian = tf.cast(hessian, dtype)
         cached = store.read_value()
-        as_rows = reference._as_rows
+        as_rows = reference.as_rows
         grad_rows = as_rows(tf.cast(gradient, dtype))
         stored = tf.reshape(stored_or_abs_grad(as_rows(cached), grad_rows), tf.shape(cached))
         write = store.assign(tf.where(estimate, hessian, cached))

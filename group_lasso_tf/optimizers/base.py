@@ -11,6 +11,7 @@ regularized, slot creation, dispatch, config) lives here.
 import math
 import numbers
 import re
+import warnings
 
 import keras
 import tensorflow as tf
@@ -61,6 +62,14 @@ base_group_lasso_keyword_args = """l1: The L1 strength (element-wise sparsity), 
         regularize_vectors: Boolean. Variables of rank 0 and 1 (biases,
             scalars) get the plain update unless this is `True`, in which case
             each of their elements is its own group. Defaults to `False`.
+        regularize_dense: Boolean. If `False` (default), variables of rank
+            >= 2 whose gradients are dense tensors (the kernels of `Dense`
+            layers; embedding tables get `tf.IndexedSlices`) get the plain
+            update unless a `per_variable` entry names them: their own
+            strengths. If `True`, they get `l1`, `l21`, `l2` like the tables
+            (the paper's setting). Measured in docs/sparsity.md#dense-layers:
+            one `l21` for both zeroes the inputs of the first `Dense` layer
+            at strengths where the tables are still being selected.
         use_locking: Boolean. If `True` (default), an update holds the
             variable's lock exclusively, so concurrent updates of one table
             (parameter servers, several workers) are serialized.
@@ -164,6 +173,26 @@ def hyper_tensor(value, dtype):
     return tf.cast(value, dtype)
 
 
+# A variable with dense gradients (a Dense kernel) with at least this fraction
+# of its rows zero gets a warning (`GroupLassoMixin._watch_dead_rows`).
+DEAD_ROW_FRACTION = 0.9
+
+
+def dead_rows_message(path, fraction):
+    return (
+        f"group_lasso_tf: {fraction:.0%} of the rows of {path!r} are exactly zero: the group "
+        "lasso has removed nearly all the inputs of this layer, so it (and the network after "
+        "it) may be dead. Give it a smaller l21 (per_variable={" + repr(path) + ": {'l21': "
+        "...}}) or leave it out of the group term (unregularized=[" + repr(path) + "]); "
+        "docs/sparsity.md#dense-layers.")
+
+
+def _remote_workers():
+    """True under ParameterServerStrategy, whose steps run in other processes."""
+    return tf.distribute.has_strategy() and isinstance(
+        tf.distribute.get_strategy(), tf.distribute.experimental.ParameterServerStrategy)
+
+
 def _in_xla_context():
     if tf.executing_eagerly():
         return False
@@ -218,7 +247,7 @@ class GroupLassoMixin:
 
     def _init_group_lasso(self, l1=0.0, l21=0.0, l2=0.0, lazy=True, unregularized=None,
                           regularize_vectors=False, use_locking=True, check_numerics=False,
-                          per_variable=None):
+                          per_variable=None, regularize_dense=False):
         self.l1 = _strength_spec("l1", l1)
         self.l21 = _strength_spec("l21", l21)
         self.l2 = _strength_spec("l2", l2)
@@ -234,9 +263,13 @@ class GroupLassoMixin:
                 raise TypeError(f"`unregularized` must hold strings, got {pattern!r}")
             re.compile(pattern)
         self.regularize_vectors = bool(regularize_vectors)
+        self.regularize_dense = bool(regularize_dense)
+        # var key -> True when its gradient is a dense tensor (seen in apply).
+        self._dense_gradient = {}
         self.use_locking = bool(use_locking)
         self.check_numerics = bool(check_numerics)
         self._excluded_keys = set()
+        self._dead_rows_warned = set()  # paths already warned of (_watch_dead_rows)
         self._regularized = {}
 
     def _serialize_strength(self, spec):
@@ -282,6 +315,7 @@ class GroupLassoMixin:
             "lazy": self.lazy,
             "unregularized": list(self.unregularized),
             "regularize_vectors": self.regularize_vectors,
+            "regularize_dense": self.regularize_dense,
             "use_locking": self.use_locking,
             "check_numerics": self.check_numerics,
         }
@@ -309,7 +343,15 @@ class GroupLassoMixin:
         key = self._var_key(variable)
         if key not in self._regularized:
             self._regularized[key] = self._matches_regularization(variable, key)
-        return self._regularized[key]
+        return self._regularized[key] and not (
+            self._dense_gradient.get(key, False) and not self.regularize_dense
+            and len(variable.shape) >= 2 and self._per_variable_overrides(variable) is None)
+
+    def _record_gradient_kinds(self, grads, variables):
+        """Notes which variables get dense gradients (`regularize_dense`)."""
+        for g, v in zip(grads, variables):
+            if g is not None:
+                self._dense_gradient[self._var_key(v)] = not isinstance(g, tf.IndexedSlices)
 
     def _matches_regularization(self, variable, key):
         if key in self._excluded_keys:
@@ -357,6 +399,11 @@ class GroupLassoMixin:
         """{name: spec} of a regularized variable: the first matching
         `per_variable` entry over the defaults."""
         specs = {"l1": self.l1, "l21": self.l21, "l2": self.l2}
+        specs.update(self._per_variable_overrides(variable) or {})
+        return specs
+
+    def _per_variable_overrides(self, variable):
+        """The first `per_variable` entry matching `variable`, or None."""
         names = [getattr(variable, "path", None), getattr(variable, "name", None)]
         key = self._var_key(variable)
         for pattern, overrides in self.per_variable:
@@ -365,9 +412,8 @@ class GroupLassoMixin:
             else:
                 matched = self._var_key(pattern) == key
             if matched:
-                specs.update(overrides)
-                break
-        return specs
+                return overrides
+        return None
 
     def _build_strengths(self, var_list):
         """One optimizer variable (a float64 scalar) per number-valued
@@ -478,6 +524,47 @@ class GroupLassoMixin:
             var, slots, scalars, hyper = self._step_inputs(variable, learning_rate)
             reference.reanchor_dense(self._rule, var, slots, *scalars, hyper, nesterov)
 
+    def _last_step_learning_rate(self):
+        """The learning rate of the step just applied (`iterations` has moved on)."""
+        schedule = getattr(self, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            return schedule(tf.maximum(self.iterations - 1, 0))
+        return self.learning_rate
+
+    def _row_inputs(self, variable):
+        """(var, [rows, d] weights, [rows, d] slots, lr, l1, l21, l2, hyper) at the
+        strengths and learning rate of the last step."""
+        var, slots, scalars, hyper = self._step_inputs(variable, self._last_step_learning_rate())
+        rows = [reference.as_rows(t.read_value()) for t in [var] + slots]
+        return var, rows[0], rows[1:], scalars, hyper
+
+    def survival_strengths(self, variable):
+        """Per row of `variable` (a [rows] tensor): the smallest `l21` at which
+        the proximal step of its current linear slot makes the row exactly
+        zero (NaN for rows never trained). Row r is zero after
+        `shrink_rows` at strength l21 exactly when `survival[r] <= l21`;
+        docs/algorithm.md#survival-strengths."""
+        _, x, slots, (lr, l1, l21, l2), hyper = self._row_inputs(variable)
+        nesterov = self._op_attrs().get("use_nesterov", False)
+        return reference.survival_strengths(self._rule, x, slots, lr, l1, l21, l2, hyper,
+                                            nesterov)
+
+    def shrink_rows(self, variables):
+        """Re-applies the proximal step to every trained row of `variables` at
+        their current strengths (from their slots, which do not change).
+
+        Under lazy updates a row keeps the weights of its last update, made
+        at the strengths of that step; after the strengths change (as
+        `sparsity.SparsityTarget` does), this brings every row to the
+        weights the new strengths give it, so that rows not touched since do
+        not lag. Rows never trained keep their weights."""
+        nesterov = self._op_attrs().get("use_nesterov", False)
+        for variable in variables:
+            var, x, slots, (lr, l1, l21, l2), hyper = self._row_inputs(variable)
+            shrunk = reference.shrink_rows(self._rule, x, slots, lr, l1, l21, l2, hyper,
+                                           nesterov)
+            var.assign(tf.reshape(shrunk, tf.shape(var)))
+
     def _check_finite(self, tensors, variables, what):
         """The checks that `tensors` are finite, each failing with a message
         naming its variable (eagerly: the first failure raises here)."""
@@ -498,6 +585,7 @@ class GroupLassoMixin:
         of `grads` (and `extra_checks`) when `check_numerics` is set, then
         re-anchors the linear slots of constrained variables: Keras applies
         constraints after the update."""
+        self._record_gradient_kinds(grads, variables)
         checks = []
         if self.check_numerics:
             checks = self._check_finite(grads, variables, "gradient") + list(extra_checks)
@@ -525,7 +613,8 @@ class GroupLassoMixin:
         """
         var, slots, (lr, l1, l21, l2), hyper = self._step_inputs(variable, learning_rate)
         dtype = var.dtype
-        if isinstance(gradient, tf.IndexedSlices) and not self.lazy:
+        sparse_gradient = isinstance(gradient, tf.IndexedSlices)
+        if sparse_gradient and not self.lazy:
             gradient = tf.convert_to_tensor(gradient)
             if hessian is not None:
                 hessian = tf.convert_to_tensor(hessian)
@@ -562,14 +651,48 @@ class GroupLassoMixin:
         if hessian is not None:
             extra = [tf.cast(hessian, dtype)]
         if fused is None:
-            return reference.apply_dense(
+            update = reference.apply_dense(
                 self._rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov, *extra
             )
-        op = getattr(fused, f"resource_apply_group_{suffix}")
-        return op(
-            var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2, *hyper,
-            grad, *extra, *after_hessian, use_locking=self.use_locking, **self._op_attrs(),
-        )
+        else:
+            op = getattr(fused, f"resource_apply_group_{suffix}")
+            update = op(
+                var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2, *hyper,
+                grad, *extra, *after_hessian, use_locking=self.use_locking, **self._op_attrs(),
+            )
+        if not sparse_gradient:
+            self._watch_dead_rows(variable, var, update)
+        return update
+
+    def _watch_dead_rows(self, variable, var, update):
+        """Warns once when the group lasso has zeroed at least DEAD_ROW_FRACTION
+        of the rows of a variable with dense gradients (a `Dense` kernel:
+        nearly all its inputs removed, so the layer, and the network after
+        it, may be dead). Embedding tables, whose gradients are
+        `tf.IndexedSlices`, are meant to be sparse and are not watched.
+
+        The check is a reduction over the variable after its update, in the
+        step's graph; the warning itself is Python (`tf.py_function`), so it
+        is skipped inside XLA clusters and on remote workers
+        (ParameterServerStrategy), where no Python runs."""
+        path = re.sub(r":\d+$", "", getattr(variable, "path", None) or variable.name)
+        if (len(variable.shape) < 2 or not self._is_regularized(variable)
+                or path in self._dead_rows_warned or _in_xla_context()
+                or _remote_workers()):
+            return
+        with tf.control_dependencies([update] if update is not None else []):
+            rows = reference.as_rows(var.read_value())
+        zero = tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(rows, 0), axis=1), tf.float32))
+
+        def warn(fraction):
+            if path not in self._dead_rows_warned:
+                self._dead_rows_warned.add(path)
+                warnings.warn(dead_rows_message(path, float(fraction)), RuntimeWarning,
+                              stacklevel=2)
+            return []
+
+        tf.cond(zero >= DEAD_ROW_FRACTION,
+                lambda: tf.group(tf.py_function(warn, [zero], [])), tf.no_op)
 
 
 class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
@@ -588,12 +711,13 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         use_locking=True,
         check_numerics=False,
         per_variable=None,
+        regularize_dense=False,
         name=None,
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self._init_group_lasso(l1, l21, l2, lazy, unregularized, regularize_vectors,
-                               use_locking, check_numerics, per_variable)
+                               use_locking, check_numerics, per_variable, regularize_dense)
 
     def build(self, var_list):
         if self.built:

@@ -36,7 +36,7 @@ RULE_CLASSES = (
 
 # The constructor arguments every group optimizer takes (GroupLassoOptimizer's).
 GROUP_ARGS = ("l1", "l21", "l2", "lazy", "unregularized", "regularize_vectors",
-              "use_locking", "check_numerics", "per_variable")
+              "use_locking", "check_numerics", "per_variable", "regularize_dense")
 
 
 def _rule_defaults(keras3_cls):
