@@ -163,6 +163,16 @@ def export_pruned(model, dst, drop_never_trained=False, optimizer=None, measure_
     )
 
 
+def _load(path):
+    """The model, compiled where its optimizer loads: the optimizer's slots
+    tell never-trained rows (the sparsity printed leaves them out, as
+    group_lasso_tf.sparsity does; without the optimizer every row counts)."""
+    try:
+        return keras.models.load_model(path, compile=True)
+    except Exception:  # noqa: BLE001 - e.g. a loss or metric that does not deserialize
+        return keras.models.load_model(path, compile=False)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m group_lasso_tf.export", description=__doc__.splitlines()[0])
@@ -176,17 +186,19 @@ def main(argv=None):
     if not (os.path.isfile(args.src) and args.src.endswith(".keras")):
         parser.exit(2, f"error: {args.src!r} is not a .keras model file; nothing written\n")
     try:
-        model = keras.models.load_model(args.src, compile=args.drop_never_trained)
+        model = _load(args.src)
     except Exception as e:  # a corrupted or foreign file: say so, write nothing
         parser.exit(2, f"error: cannot load {args.src!r} as a Keras model ({type(e).__name__}: "
                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); nothing written\n")
     report = export_pruned(model, args.dst, drop_never_trained=args.drop_never_trained,
                            measure_unpruned=True)
     print(report)
-    stats = _sparsity.embedding_sparsity(model)
-    zero = sum(s.zero_rows for s in stats.values())
-    rows = sum(s.rows for s in stats.values())
-    print(f"embedding row sparsity of {args.src}: {zero}/{rows}")
+    stats = _sparsity.embedding_sparsity(model).values()
+    zero = sum(s.zero_rows for s in stats)
+    counted = sum(s.counted_rows for s in stats)
+    never = sum(s.never_trained_rows for s in stats)
+    print(f"embedding row sparsity of {args.src}: {zero}/{counted} "
+          f"({_sparsity.overall_sparsity(stats):.1%}; {never} rows never trained not counted)")
     return 0
 
 

@@ -108,7 +108,8 @@ def test_strengths_follow_the_papers_proximal_step(rng):
         kernel = tf.Variable(rng.normal(size=(p, out)) * row_scale)
         strengths = dict(l1=0.01, l21=0.01, l2=0.02)
         hp = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-4, "hessian_power": 1.0}
-        opt = gl.GroupAdaHessian(learning_rate=0.125, seed=7, **strengths, **hp)
+        opt = gl.GroupAdaHessian(learning_rate=0.125, seed=7, regularize_dense=True, **strengths,
+                                 **hp)
         state = np_reference.initial_state("adahessian", kernel.shape, hp)
         ref = kernel.numpy()
         for t in range(1, 6):
@@ -206,7 +207,7 @@ def test_sparse_estimate_equals_dense_on_touched_rows(rng):
     assert rel_err(d_s[1].numpy(), d_d[1].numpy()) <= 1e-12
     # And one optimizer step from each agrees on the touched rows.
     opt_s = gl.GroupAdaHessian(learning_rate=0.1, l21=1e-2)
-    opt_d = gl.GroupAdaHessian(learning_rate=0.1, l21=1e-2)
+    opt_d = gl.GroupAdaHessian(learning_rate=0.1, l21=1e-2, regularize_dense=True)
     opt_s.apply(g_s, [t_s, k_s], hessians=d_s)
     opt_d.apply(g_d, [t_d, k_d], hessians=d_d)
     assert rel_err(t_s.numpy()[touched], t_d.numpy()[touched]) <= 1e-12
@@ -288,7 +289,8 @@ def test_fit_learns_sparsifies_and_resumes_after_save(tmp_path):
     # the run's generator pass; AdaHessian's noisy early steps fail seed 4).
     x, y = _ctr_data(np.random.default_rng(0))
     model = hessian.wrap(_tiny_ctr())
-    model.compile(optimizer=gl.GroupAdaHessian(learning_rate=0.15, l21=3e-3, seed=1),
+    model.compile(optimizer=gl.GroupAdaHessian(learning_rate=0.15, l21=3e-3, seed=1,
+                                               regularize_dense=True),
                   loss="binary_crossentropy")
     history = model.fit(x, y, batch_size=32, epochs=6, verbose=0, shuffle=False)
     losses = history.history["loss"]

@@ -80,7 +80,8 @@ def test_planted_signal_survives_noise_rows_go_to_zero(rng):
     y = np.stack([2.0 * x[:, 0], -1.5 * x[:, 0]], axis=1).astype("float32")
     y += 0.1 * rng.normal(size=y.shape).astype("float32")
     model = keras.Sequential([keras.Input((k,)), keras.layers.Dense(out, use_bias=False)])
-    model.compile(optimizer=gl.GroupAdam(learning_rate=0.05, l21=1.0), loss="mse")
+    model.compile(optimizer=gl.GroupAdam(learning_rate=0.05, l21=1.0, regularize_dense=True),
+                  loss="mse")
     model.fit(x, y, batch_size=128, epochs=8, verbose=0, shuffle=False)
     kernel = model.layers[0].kernel.numpy()
     assert np.all(kernel[1:] == 0.0), kernel
@@ -92,7 +93,8 @@ def test_rank1_and_excluded_variables_get_the_plain_update(rng):
     b0 = rng.normal(size=(4,)).astype("float32")
     kernel, bias, other = keras.Variable(w0), keras.Variable(b0), keras.Variable(w0, name="skipme")
     hp = dict(beta_1=0.875, beta_2=0.9990234375, epsilon=2.0**-20)
-    opt = gl.GroupAdam(learning_rate=0.125, l1=10.0, l21=10.0, unregularized=["skip"], **hp)
+    opt = gl.GroupAdam(learning_rate=0.125, l1=10.0, l21=10.0, unregularized=["skip"],
+                       regularize_dense=True, **hp)
     plain = keras.optimizers.Adam(learning_rate=0.125, **hp)
     ref_b, ref_o = keras.Variable(b0), keras.Variable(w0)
     g = [tf.constant(rng.normal(size=s), tf.float32) for s in [(6, 4), (4,), (6, 4)]]
@@ -108,7 +110,7 @@ def test_rank1_and_excluded_variables_get_the_plain_update(rng):
 def test_exclude_from_regularization_by_object_and_after_build(rng):
     w0 = rng.normal(size=(6, 4)).astype("float32")
     a, b = keras.Variable(w0), keras.Variable(w0)
-    opt = gl.GroupFtrl(learning_rate=0.1, l21=100.0)
+    opt = gl.GroupFtrl(learning_rate=0.1, l21=100.0, regularize_dense=True)
     opt.exclude_from_regularization(var_list=[b])
     opt.apply([tf.ones_like(w0), tf.ones_like(w0)], [a, b])
     assert np.all(a.numpy() == 0) and np.all(b.numpy() != 0)

@@ -31,11 +31,12 @@ RULES = list(ctr_tasks.OPTIMIZERS)
 TOLERANCE = 0.02  # points of sparsity the law may miss by (issue: within 2 points)
 
 
-def _table_model(rows=64, fields=2, dim=4):
+def _table_model(rows=64, fields=2, dim=4, dtype=None):
     inputs = keras.Input((fields,), dtype="int32")
-    x = keras.layers.Embedding(rows, dim, name="table")(inputs)
+    x = keras.layers.Embedding(rows, dim, name="table", dtype=dtype)(inputs)
     x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(x))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head",
+                                                  dtype=dtype)(x))
 
 
 def _trained_table(rule, rng, rows=300, dim=4, lr=None, l1=1e-4):
@@ -45,12 +46,8 @@ def _trained_table(rule, rng, rows=300, dim=4, lr=None, l1=1e-4):
     # A power of two: Keras keeps the learning rate in float32.
     lr = lr or 2.0 ** round(np.log2(ctr_tasks.LEARNING_RATES[rule]))
     optimizer = ctr_tasks.OPTIMIZERS[rule](learning_rate=lr, l1=l1, l21=1e-4, **hp)
-    keras.backend.set_floatx("float64")
-    try:
-        keras.utils.set_random_seed(int(rng.integers(1 << 30)))
-        model = _table_model(rows, dim=dim)
-    finally:
-        keras.backend.set_floatx("float32")
+    keras.utils.set_random_seed(int(rng.integers(1 << 30)))
+    model = _table_model(rows, dim=dim, dtype="float64")
     x = rng.integers(0, rows // 2, size=(512, 2)).astype("int32")
     y = (rng.uniform(size=512) < 1 / (1 + np.exp(-(x[:, 0] % 5 - 2.0)))).astype("float64")
     fit_model = gl.hessian.wrap(model) if rule == "adahessian" else model

@@ -30,7 +30,9 @@ LR = 0.0625  # exactly representable: tf_keras keeps the learning rate in float3
 
 
 def _hyper_kwargs(rule):
-    return {k: v for k, v in npr.BASE_HP[rule].items()}
+    """The rule's hyperparameters, and the group term on the dense-gradient
+    variable too (the NumPy reference regularizes every variable)."""
+    return dict(npr.BASE_HP[rule], regularize_dense=True)
 
 
 @pytest.mark.parametrize("base", sorted(BASES))

@@ -339,12 +339,18 @@ class GroupLassoMixin:
         self._excluded_keys.update(self._var_key(v) for v in (var_list or []))
         self.unregularized.extend(var_names or [])
 
-    def _is_regularized(self, variable):
+    def _regularizable(self, variable):
+        """Regularized unless its gradients turn out dense (`_is_regularized`):
+        what the strength variables are made for, the same before and after
+        the first step (so that checkpoints hold the same variables)."""
         key = self._var_key(variable)
         if key not in self._regularized:
             self._regularized[key] = self._matches_regularization(variable, key)
-        return self._regularized[key] and not (
-            self._dense_gradient.get(key, False) and not self.regularize_dense
+        return self._regularized[key]
+
+    def _is_regularized(self, variable):
+        return self._regularizable(variable) and not (
+            self._dense_gradient.get(self._var_key(variable), False) and not self.regularize_dense
             and len(variable.shape) >= 2 and self._per_variable_overrides(variable) is None)
 
     def _record_gradient_kinds(self, grads, variables):
@@ -424,7 +430,7 @@ class GroupLassoMixin:
         faster)."""
         for v in var_list:
             key = self._var_key(v)
-            if key in self._strength_state or not self._is_regularized(v):
+            if key in self._strength_state or not self._regularizable(v):
                 continue
             state = {}
             for name, spec in self._strength_specs(v).items():
@@ -456,6 +462,8 @@ class GroupLassoMixin:
         strength is a schedule."""
         if name not in STRENGTH_NAMES:
             raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
+        if not self._is_regularized(variable):
+            return None
         value = self._strength_state.get(self._var_key(variable), {}).get(name)
         return None if value is None or callable(value) else value
 
@@ -725,7 +733,7 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         check_variable_dtypes(self, var_list)
         super().build(var_list)
         for v in var_list:
-            self._is_regularized(v)
+            self._regularizable(v)
         for slot_name in self._group_slot_names:
             slots = self.add_optimizer_variables(
                 var_list, slot_name,
