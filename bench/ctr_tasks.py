@@ -1,6 +1,6 @@
 """A generated family of CTR-like tasks, for laws that must hold on data never seen.
 
-`draw_task(rng)` draws one task: 1-30 categorical fields with vocabularies of
+`draw_task(rng)` draws one task: 1-30 categorical fields (log-uniform) with vocabularies of
 3 to 10^5 ids (log-uniform), ids drawn from a Zipf law with exponent 1.05-2
 (so large vocabularies leave most ids unseen), planted informative ids among
 the frequent ones of each field whose weights make the label, an embedding model with 0-2 hidden
@@ -46,15 +46,25 @@ class Task:
                 f"epochs={self.epochs} samples={self.samples}")
 
 
-def draw_task(rng, optimizer=None, epochs=None, max_steps=300, min_rows=200, max_rows=None):
-    """One task; `optimizer` and `epochs` fix those draws. The vocabularies
-    add up to at least `min_rows` rows, so that a sparsity is resolved to
-    better than one point, and with `max_rows` to at most that many (the
-    largest are cut to a common size; a cheaper task for the tests)."""
-    fields = int(rng.integers(1, 31))
+def draw_task(rng, optimizer=None, epochs=None, max_steps=300, min_rows=200, max_rows=None,
+              max_fields=30):
+    """One task; `optimizer` and `epochs` fix those draws. Its training data
+    holds at least `min_rows` distinct ids (trained rows), so that a
+    sparsity is resolved to better than one point (draws with fewer are
+    drawn again), and with `max_rows` the vocabularies add up to at most
+    that many (the largest are cut to a common size; a cheaper task for the
+    tests)."""
+    while True:
+        task = _draw(rng, optimizer, epochs, max_steps, max_rows, max_fields)
+        x, _ = data(task)
+        if sum(len(np.unique(column)) for column in x.T) >= min_rows:
+            return task
+
+
+def _draw(rng, optimizer, epochs, max_steps, max_rows, max_fields):
+    # Log-uniform: as many tasks with 1-5 fields as with 6-30.
+    fields = int(np.exp(rng.uniform(0, np.log(max_fields + 1))))
     vocab = np.exp(rng.uniform(np.log(3), np.log(1e5), size=fields)).astype(int)
-    if vocab.sum() < min_rows:
-        vocab[int(np.argmin(vocab))] += min_rows - int(vocab.sum())
     if max_rows is not None and vocab.sum() > max_rows:
         vocab = np.minimum(vocab, _water_level(vocab, max_rows))
     optimizer = optimizer or str(rng.choice(list(OPTIMIZERS)))

@@ -55,7 +55,8 @@ GROUP = {
 }
 
 
-def fit(data, optimizer, seed, callbacks=(), epochs=EPOCHS):
+def fit(data, optimizer, seed, callbacks=(), epochs=None):
+    epochs = epochs or EPOCHS
     keras.utils.set_random_seed(seed)
     model = criteo_deepfm.build_deepfm(data.vocab_sizes, data.train.dense.shape[1])
     model.compile(optimizer=optimizer, loss="binary_crossentropy")
@@ -74,7 +75,7 @@ def row(dataset, optimizer, method, target, seed, model_or_metrics, l21=float("n
 data_cache = {}
 
 
-def steered(dataset, name, target, seed, trajectories, lr=None, epochs=EPOCHS):
+def steered(dataset, name, target, seed, trajectories, lr=None, epochs=None):
     cls, _, default_lr, start, _ = GROUP[name]
     lr = default_lr if lr is None else lr
     control = sparsity.SparsityTarget(target)
@@ -286,8 +287,9 @@ def main(argv=None):
     if set(args.only) - set(BLOCKS):
         parser.error(f"--only takes some of {','.join(BLOCKS)}")
     if args.quick:
+        global EPOCHS
         args.datasets, args.optimizers, args.targets = args.datasets[:1], ["adam"], [0.8]
-        args.seeds, args.finetune_steps, args.search_runs = 1, 5, 3
+        args.seeds, args.finetune_steps, args.search_runs, EPOCHS = 1, 5, 2, 1
     rows, trajectories = run(args)
     if args.quick:
         check_sane(rows, args.targets)

@@ -17,6 +17,7 @@ the row sparsity of the embedding tables reaches a requested fraction.
 """
 
 import dataclasses
+import functools
 import numbers
 import re
 
@@ -24,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from group_lasso_tf import pruning
+from group_lasso_tf import pruning, reference
 
 
 @dataclasses.dataclass
@@ -184,7 +185,9 @@ class SparsityTarget(keras.callbacks.Callback):
 
     1. sets `l21` between the k-th and (k+1)-th smallest survival strengths
        of the counted rows of the steered tables, k = round(r(t) * rows),
-       so that exactly the fraction r(t) of them is zero at that strength;
+       so that exactly the fraction r(t) of them is zero at that strength
+       (with `per_table=True`, each table's k is within one row of its
+       share and the k add up to round(r(t) * all rows): `zero_counts`);
     2. re-applies the proximal step to every trained row of those tables at
        the new strength (`optimizer.shrink_rows`), so that rows not updated
        since do not keep weights of the old strength.
@@ -319,17 +322,18 @@ class SparsityTarget(keras.callbacks.Callback):
         self._every = self.update_every or max(1, total // 100)
         counts = lambda: tf.stack([_zero_and_counted(optimizer, t) for t in tables])  # noqa
         # Two calls an update: the survival strengths with the counts before
-        # it, then the re-applied step with the counts after it.
-        self._survival = tf.function(
+        # it, then the re-applied step with the counts after it. Plain Python
+        # inside (no autograph): tracing then takes a fraction of the time.
+        function = functools.partial(tf.function, autograph=False)
+        self._survival = function(
             lambda: ([optimizer.survival_strengths(t) for t in tables], counts()))
 
-        @tf.function
         def shrink():
             optimizer.shrink_rows(tables)
             return counts()
 
-        self._shrink = shrink
-        self._counts = tf.function(counts)
+        self._shrink = function(shrink)
+        self._counts = function(counts)  # traced only if `measure` is called
 
     # ------------------------------------------------------------ control
     def reference(self, step):
@@ -342,17 +346,21 @@ class SparsityTarget(keras.callbacks.Callback):
         counts = np.asarray(self._counts(), np.float64)
         return np.array([counts[u, 0].sum() / max(counts[u, 1].sum(), 1) for u in self._units])
 
-    def _overall(self, counts=None):
-        counts = np.asarray(self._counts() if counts is None else counts, np.float64)
+    @staticmethod
+    def _overall(counts):
+        counts = np.asarray(counts, np.float64)
         return float(counts[:, 0].sum() / max(counts[:, 1].sum(), 1))
 
     def _update(self, step):
         reference = self.reference(step)
         survival, before = self._survival()
         survival = [np.asarray(s, np.float64) for s in survival]
-        for unit in self._units:
-            values = np.concatenate([survival[i] / self._ratios[i] for i in unit])
-            level = strength_at_sparsity(values[~np.isnan(values)], reference)
+        values = [np.concatenate([survival[i] / self._ratios[i] for i in unit])
+                  for unit in self._units]
+        values = [v[~np.isnan(v)] for v in values]
+        for unit, v, k in zip(self._units, values,
+                              zero_counts([v.size for v in values], reference)):
+            level = strength_at_count(v, k)
             if level is None:
                 continue
             for i in unit:
@@ -382,20 +390,33 @@ class SparsityTarget(keras.callbacks.Callback):
             self._update(step)
 
     def on_epoch_end(self, epoch, logs=None):
+        # The last batch of the epoch has just been steered.
         if logs is not None and self.history["step"]:
-            logs["row_sparsity"] = self._overall()
+            logs["row_sparsity"] = self.history["sparsity"][-1]
             logs["l21"] = self.history["l21"][-1]
             logs["sparsity_reference"] = self.history["reference"][-1]
 
 
-def strength_at_sparsity(survival, fraction):
-    """The `l21` at which `round(fraction * n)` of n rows with these survival
-    strengths are zero: midway between the k-th and (k+1)-th smallest (ties
-    at the k-th are all zero). None when there are no rows."""
+def zero_counts(rows, fraction):
+    """How many rows of each unit to zero so that each is within one row of
+    `fraction` and all together are `round(fraction * sum(rows))`: the
+    floors of the quotas, plus one row for the units with the largest
+    remainders (with many small tables, rounding each on its own would bias
+    the total)."""
+    quotas = fraction * np.asarray(rows, np.float64)
+    counts = np.floor(quotas).astype(np.int64)
+    extra = int(round(fraction * float(np.sum(rows)))) - int(counts.sum())
+    counts[np.argsort(counts - quotas, kind="stable")[:max(extra, 0)]] += 1
+    return counts
+
+
+def strength_at_count(survival, k):
+    """The `l21` at which `k` of the rows with these survival strengths are
+    zero: midway between the k-th and (k+1)-th smallest (ties at the k-th
+    are all zero). None when there are no rows."""
     n = survival.size
     if n == 0:
         return None
-    k = int(round(fraction * n))
     if k >= n:
         top = float(survival.max())
         return 2 * top if top > 0 else 0.0
@@ -404,12 +425,17 @@ def strength_at_sparsity(survival, fraction):
     return 0.5 * (lower + upper)
 
 
+def strength_at_sparsity(survival, fraction):
+    """The `l21` at which `round(fraction * n)` of n rows with these survival
+    strengths are zero (`strength_at_count`)."""
+    return strength_at_count(survival, int(round(fraction * survival.size)))
+
+
 def _zero_and_counted(optimizer, table):
     """(zero rows, counted rows) of a table, as in `row_sparsity`, in TF ops."""
-    x = tf.reshape(tf.convert_to_tensor(table), [tf.shape(table)[0], -1])
+    x = reference.as_rows(tf.convert_to_tensor(table))
     zero = tf.reduce_all(tf.equal(x, 0), axis=1)
-    linear = optimizer.get_slot(table, "linear")
-    linear = tf.reshape(tf.convert_to_tensor(linear), tf.shape(x))
+    linear = reference.as_rows(tf.convert_to_tensor(optimizer.get_slot(table, "linear")))
     never = tf.logical_and(tf.reduce_all(tf.equal(linear, 0), axis=1), tf.logical_not(zero))
     count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.int64))  # noqa: E731
     return count(zero), tf.shape(x, out_type=tf.int64)[0] - count(never)

@@ -114,6 +114,15 @@ def test_strength_at_sparsity_is_the_quantile():
     assert sparsity.strength_at_sparsity(np.array([]), 0.5) is None
 
 
+def test_zero_counts_share_the_total_within_one_row_each(rng):
+    for _ in range(200):
+        rows = rng.integers(0, 50, size=rng.integers(1, 30)) * rng.integers(1, 20)
+        fraction = float(rng.uniform(0, 1))
+        counts = sparsity.zero_counts(rows, fraction)
+        assert counts.sum() == round(fraction * rows.sum())
+        assert np.all(np.abs(counts - fraction * rows) < 1) and np.all(counts <= rows)
+
+
 def _assert_reaches(task, target, per_table):
     model, optimizer, x, y = ctr_tasks.build(task)
     control = sparsity.SparsityTarget(target, per_table=per_table)
@@ -130,11 +139,14 @@ def _assert_reaches(task, target, per_table):
 
 # At least 30 fresh cases per run: each optimizer five times, a random target
 # in [0.3, 0.95], per_table drawn, one case in three trained for one epoch.
+# For CI's time: at most 100 steps and 30,000 rows, and GroupAdaHessian on at
+# most 8 fields (tracing its second backward pass costs about 0.5 s a field).
 @pytest.mark.parametrize("case", range(30))
 def test_generated_family_reaches_the_target(case, rng):
     rule = RULES[case % len(RULES)]
     task = ctr_tasks.draw_task(rng, optimizer=rule, epochs=1 if case % 3 == 0 else None,
-                               max_steps=150, max_rows=60_000)
+                               max_steps=100, max_rows=30_000,
+                               max_fields=8 if rule == "adahessian" else 30)
     _assert_reaches(task, float(rng.uniform(0.3, 0.95)), bool(rng.integers(2)))
 
 
@@ -217,7 +229,8 @@ def test_dense_layer_with_nearly_all_rows_zero_is_warned_once(l21, rng):
     which gives the remedy, and no kernel was named twice (a kernel may also
     have crossed 90% for a while and revived). By default the kernels
     get no group term, and none dies."""
-    task = ctr_tasks.draw_task(rng, optimizer="adam", epochs=2, max_steps=120, max_rows=20_000)
+    task = ctr_tasks.draw_task(rng, optimizer="adam", epochs=2, max_steps=100, max_rows=5_000,
+                               max_fields=10)
     task.hidden = (32,)
     if l21 == 1.0:
         model, _, x, y = ctr_tasks.build(task, l21=l21)
@@ -255,8 +268,11 @@ def test_real_click_logs_reach_the_target(dataset, epochs, rng):
     bench.data_cache[dataset] = bench.quality.LOADERS[dataset]()
     name = str(rng.choice(list(bench.GROUP)))
     target = float(rng.uniform(0.3, 0.95))
+    # GroupFtrl at the benchmark's learning rate 0.2 trains badly on Avazu for
+    # some seeds (test AUC 0.56 for 1 of seeds 90-99, Keras Ftrl too for
+    # another); at 0.1 all ten gave 0.690-0.705.
     row = bench.steered(dataset, name, target, seed=int(rng.integers(100)), trajectories={},
-                        epochs=epochs)
+                        lr=0.1 if name == "ftrl" else None, epochs=epochs)
     assert abs(row["sparsity"] - target) <= TOLERANCE, row
     assert row["auc"] > 0.6, row
 
