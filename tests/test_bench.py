@@ -18,9 +18,10 @@ pytestmark = pytest.mark.bench
 
 @pytest.mark.parametrize("script", ["sparse_update.py", "dense_update.py", "embedding_fit.py",
                                     "deepfm_e2e.py", "quality.py", "adahessian_cost.py",
-                                    "sparsity_target.py", "strength_overhead.py"])
+                                    "sparsity_target.py", "strength_overhead.py",
+                                    "steering_cost.py", "l21_sweep.py"])
 def test_quick_benchmark_runs(script, tmp_path):
-    writes = script in ("quality.py", "sparsity_target.py")
+    writes = script in ("quality.py", "sparsity_target.py", "l21_sweep.py")
     args = ["--quick"] + (["--out", str(tmp_path)] if writes else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.path.dirname(os.path.dirname(gl.__file__)))

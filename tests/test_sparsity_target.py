@@ -261,12 +261,15 @@ def test_dense_layer_with_nearly_all_rows_zero_is_warned_once(l21, rng):
 @pytest.mark.parametrize("dataset,epochs", [("criteo", 1), ("criteo", 4), ("avazu", 1),
                                             ("avazu", 4)])
 def test_real_click_logs_reach_the_target(dataset, epochs, rng):
-    """The DeepFM example's model on the shared samples, with an optimizer and
-    a target drawn each run: within 2 points, and it trains (AUC > 0.6)."""
+    """The DeepFM example's model on the shared samples, with a target (and for
+    4 epochs an optimizer) drawn each run: within 2 points, and it trains
+    (AUC > 0.6). One epoch trains GroupAdam: GroupFtrl at rate 0.1 has not
+    learned Avazu after one epoch (32 steps) even with zero strengths (test
+    AUC 0.515-0.531 on seeds 0, 9, 18)."""
     import sparsity_target as bench
 
     bench.data_cache[dataset] = bench.quality.LOADERS[dataset]()
-    name = str(rng.choice(list(bench.GROUP)))
+    name = str(rng.choice(list(bench.GROUP))) if epochs > 1 else "adam"
     target = float(rng.uniform(0.3, 0.95))
     # GroupFtrl at the benchmark's learning rate 0.2 trains badly on Avazu for
     # some seeds (test AUC 0.56 for 1 of seeds 90-99, Keras Ftrl too for
