@@ -263,9 +263,11 @@ def test_dense_layer_with_nearly_all_rows_zero_is_warned_once(l21, rng):
 def test_real_click_logs_reach_the_target(dataset, epochs, rng):
     """The DeepFM example's model on the shared samples, with a target (and for
     4 epochs an optimizer) drawn each run: within 2 points, and it trains
-    (AUC > 0.6). One epoch trains GroupAdam: GroupFtrl at rate 0.1 has not
-    learned Avazu after one epoch (32 steps) even with zero strengths (test
-    AUC 0.515-0.531 on seeds 0, 9, 18)."""
+    (4 epochs: AUC > 0.6; one epoch: within 0.03 of the same optimizer with
+    zero strengths, since one epoch of GroupAdam alone ends at test AUC 0.439
+    on Criteo for seed 67). One epoch trains GroupAdam: GroupFtrl at rate
+    0.1 has not learned Avazu after one epoch (32 steps) even with zero
+    strengths (test AUC 0.515-0.531 on seeds 0, 9, 18)."""
     import sparsity_target as bench
 
     bench.data_cache[dataset] = bench.quality.LOADERS[dataset]()
@@ -274,10 +276,17 @@ def test_real_click_logs_reach_the_target(dataset, epochs, rng):
     # GroupFtrl at the benchmark's learning rate 0.2 trains badly on Avazu for
     # some seeds (test AUC 0.56 for 1 of seeds 90-99, Keras Ftrl too for
     # another); at 0.1 all ten gave 0.690-0.705.
-    row = bench.steered(dataset, name, target, seed=int(rng.integers(100)), trajectories={},
+    seed = int(rng.integers(100))
+    row = bench.steered(dataset, name, target, seed=seed, trajectories={},
                         lr=0.1 if name == "ftrl" else None, epochs=epochs)
     assert abs(row["sparsity"] - target) <= TOLERANCE, row
-    assert row["auc"] > 0.6, row
+    if epochs > 1:
+        assert row["auc"] > 0.6, row
+    else:
+        data = bench.data_cache[dataset]
+        plain = bench.fit(data, bench.GROUP[name][0](learning_rate=bench.GROUP[name][2]), seed,
+                          epochs=epochs)
+        assert row["auc"] > bench.quality.evaluate(plain, data)[0] - 0.03, row
 
 
 @pytest.mark.slow
