@@ -177,7 +177,7 @@ def survival_strengths(rule, x, slots, lr, l1, l21, l2, hyper, nesterov=False):
     ||clip(lin, -t1, t1) - lin|| over the group threshold per unit of l21
     (`lr * sqrt(d)`; `sqrt(d)` for FTRL, in Keras's units). A row is zero
     after `shrink_rows` at strength l21 exactly when its survival strength is
-    <= l21. Rows never trained (all-zero linear slot, non-zero weights) get
+    <= l21. Of `slots` only the linear slot (the last) is read. Rows never trained (all-zero linear slot, non-zero weights) get
     NaN: no strength zeroes them, `shrink_rows` leaves them as they are.
     """
     del l21

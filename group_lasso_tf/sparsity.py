@@ -420,9 +420,10 @@ def strength_at_count(survival, k):
     if k >= n:
         top = float(survival.max())
         return 2 * top if top > 0 else 0.0
-    upper = float(np.partition(survival, k)[k])
-    lower = float(np.partition(survival, k - 1)[k - 1]) if k > 0 else 0.0
-    return 0.5 * (lower + upper)
+    if k == 0:
+        return 0.5 * float(np.partition(survival, 0)[0])
+    ordered = np.partition(survival, [k - 1, k])  # one pass for both neighbours
+    return 0.5 * (float(ordered[k - 1]) + float(ordered[k]))
 
 
 def strength_at_sparsity(survival, fraction):

@@ -552,9 +552,12 @@ class GroupLassoMixin:
         zero (NaN for rows never trained). Row r is zero after
         `shrink_rows` at strength l21 exactly when `survival[r] <= l21`;
         docs/algorithm.md#survival-strengths."""
-        _, x, slots, (lr, l1, l21, l2), hyper = self._row_inputs(variable)
+        var, slots, (lr, l1, l21, l2), hyper = self._step_inputs(
+            variable, self._last_step_learning_rate())
+        # Only the weights and the linear slot matter: the moments are not read.
+        x, linear = (reference.as_rows(t.read_value()) for t in (var, slots[-1]))
         nesterov = self._op_attrs().get("use_nesterov", False)
-        return reference.survival_strengths(self._rule, x, slots, lr, l1, l21, l2, hyper,
+        return reference.survival_strengths(self._rule, x, [linear], lr, l1, l21, l2, hyper,
                                             nesterov)
 
     def shrink_rows(self, variables):
