@@ -4,7 +4,7 @@ TensorFlow's headers include the CUDA headers as
 `third_party/gpus/cuda/include/...`; the full `tensorflow` wheel does not ship
 them and the `tensorflow-cpu` wheel has no CUDA at all, so `cuda_include_shim`
 makes a directory in which that path points at the toolkit's own headers
-(design.md: measured with nvcc 13.0 against TensorFlow 2.21's headers).
+(docs/building.md#gpu: measured with nvcc 13.0 against TensorFlow 2.21's headers).
 """
 
 import os
@@ -55,7 +55,7 @@ def nvcc_compile_command(nvcc, source, output, tf_cflags, include_dirs, gencode=
     return [
         nvcc, "-c", "-x", "cu", "-std=c++17", "-O3", "-DGOOGLE_CUDA=1",
         "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-        # TensorFlow's headers: quiet (design.md) and without their warnings as errors.
+        # TensorFlow's headers: quiet (docs/building.md) and without their warnings as errors.
         "-Xcompiler", "-Wno-deprecated-declarations", "-diag-suppress", "20012,20014,20015,1444",
         *[f for f in tf_cflags if f.startswith(("-I", "-D"))],
         *["-I" + d for d in include_dirs],

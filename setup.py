@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import cuda_build  # noqa: E402
 
-# Compiler flags that TensorFlow's headers need to be quiet (design.md).
+# Compiler flags that TensorFlow's headers need to be quiet (docs/building.md).
 TF_QUIET = ["-Wno-deprecated-declarations", "--param", "destructive-interference-size=128"]
 # -g0 last: it overrides the -g of the interpreter's own CFLAGS (the op
 # library is 8 MB with debug info, well under 1 MB without).

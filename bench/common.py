@@ -22,7 +22,7 @@ def median_seconds(step, repeats, warmup=3):
 
 @contextlib.contextmanager
 def reference_path():
-    """Within this block the group optimizers use group_lasso_tf.reference (as under XLA)."""
+    """Within this block the group optimizers use group_lasso_tf.tf_step (as under XLA)."""
     original = _optimizer_base._ops.fused_ops
     _optimizer_base._ops.fused_ops = lambda: None
     try:

@@ -63,7 +63,7 @@ def group_step(cls, **kwargs):
 
 
 def reference_step(cls):
-    """The group optimizer forced onto reference.py (the XLA/no-library path)."""
+    """The group optimizer forced onto tf_step.py (the XLA/no-library path)."""
     def make(table, grad):
         opt = cls(learning_rate=1e-3, l1=1e-6, l21=1e-4)
         opt.build([table])

@@ -34,7 +34,7 @@ import tensorflow as tf
 from keras.src import tree
 from keras.src.losses import loss as loss_module
 
-from group_lasso_tf import reference
+from group_lasso_tf import rows as _rows
 
 # splitmix64 constants (Steele et al., 2014), for per-id probes.
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -153,10 +153,10 @@ def _diagonal(gradient, probe, product, key):
         # the product's own positions, then summed per id onto the gradient's.
         product_values = tf.cast(product.values, values.dtype)
         r = row_probes(product.indices, _row_shape(product_values), key, values.dtype)
-        diagonal = reference.rows_at(r * product_values, product.indices, gradient.indices)
+        diagonal = _rows.rows_at(r * product_values, product.indices, gradient.indices)
     else:
         rows = tf.gather(tf.cast(product, values.dtype), gradient.indices) * probe
-        first = reference.first_positions(gradient.indices)
+        first = _rows.first_positions(gradient.indices)
         mask = tf.reshape(first, [-1] + [1] * (rows.shape.rank - 1))
         diagonal = tf.where(mask, rows, tf.zeros_like(rows))
     return tf.IndexedSlices(diagonal, gradient.indices, gradient.dense_shape)

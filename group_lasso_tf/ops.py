@@ -3,7 +3,7 @@
 `fused_ops()` returns the loaded module of custom ops, or None when the
 library is missing, fails to load, or was built against another TensorFlow
 version; in those cases one warning says why and how to rebuild, and the
-optimizers run on `group_lasso_tf.reference`, the same math in plain
+optimizers run on `group_lasso_tf.tf_step`, the same math in plain
 TensorFlow ops. Set GROUP_LASSO_TF_DISABLE_OPS=1 to force that fallback.
 """
 
@@ -64,6 +64,28 @@ def fused_ops():
                         stacklevel=2,
                     )
     return _state["module"]
+
+
+def apply_op(op_name):
+    """The Python function of the loaded op `op_name` (a name of
+    `rules.Rule.op_names()`, e.g. "ResourceApplyGroupAMSGrad"), which
+    TensorFlow generates under a snake-case name ("resource_apply_group_ams_grad").
+    """
+    function = _state.get("by_op_name", {}).get(op_name)
+    if function is None:
+        module = fused_ops()
+        if module is None:
+            raise RuntimeError(f"the op library is not loaded: {unavailable_reason()}")
+        # Every public function of the module, keyed as its op is named
+        # (TensorFlow's snake-case form, with the underscores dropped, is
+        # the op name in lower case).
+        by_op_name = {name.replace("_", ""): getattr(module, name) for name in dir(module)
+                      if name.startswith("resource_") and not name.endswith("_eager_fallback")}
+        function = by_op_name.get(op_name.lower())
+        if function is None:
+            raise ValueError(f"the op library has no op {op_name!r}")
+        _state.setdefault("by_op_name", {})[op_name] = function
+    return function
 
 
 def fused_available():

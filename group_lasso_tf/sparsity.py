@@ -25,7 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from group_lasso_tf import pruning, reference
+from group_lasso_tf import pruning
+from group_lasso_tf.rows import as_rows
 
 
 @dataclasses.dataclass
@@ -434,9 +435,9 @@ def strength_at_sparsity(survival, fraction):
 
 def _zero_and_counted(optimizer, table):
     """(zero rows, counted rows) of a table, as in `row_sparsity`, in TF ops."""
-    x = reference.as_rows(tf.convert_to_tensor(table))
+    x = as_rows(tf.convert_to_tensor(table))
     zero = tf.reduce_all(tf.equal(x, 0), axis=1)
-    linear = reference.as_rows(tf.convert_to_tensor(optimizer.get_slot(table, "linear")))
+    linear = as_rows(tf.convert_to_tensor(optimizer.get_slot(table, "linear")))
     never = tf.logical_and(tf.reduce_all(tf.equal(linear, 0), axis=1), tf.logical_not(zero))
     count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.int64))  # noqa: E731
     return count(zero), tf.shape(x, out_type=tf.int64)[0] - count(never)

@@ -8,13 +8,12 @@ float64 reference of np_reference.py.
 import numpy as np
 import tensorflow as tf
 
-from group_lasso_tf import _core, reference
-from group_lasso_tf.ops import fused_ops
-from group_lasso_tf.optimizers.base import _OP_SUFFIX
+from group_lasso_tf import _core, rules, tf_step
+from group_lasso_tf.ops import apply_op
 
 import np_reference
 
-RULES = ("adam", "amsgrad", "adahessian", "adagrad", "momentum", "ftrl")
+RULES = tuple(rules.RULES)
 
 # Shared with the standalone CUDA harness (tests/gpu/run_harness.py), which
 # must not import TensorFlow: they live in np_reference.
@@ -26,21 +25,27 @@ def slot_names(rule):
     return np_reference.SLOTS[rule]
 
 
+def flag_of(hp):
+    """The value of a rule's op attribute in its hyperparameters (use_nesterov
+    of "momentum", centered of "rmsprop")."""
+    return bool(hp.get("nesterov", False) or hp.get("centered", False))
+
+
 def run_fused(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np.int32,
               hess=None):
-    ops = fused_ops()
     dtype = var.dtype
     v = tf.Variable(var)
     slots = [tf.Variable(state[k].astype(dtype)) for k in slot_names(rule)]
     scalars = [tf.constant(x, dtype) for x in [lr, l1, l21, l2] + hyper_list(rule, hp, t)]
-    attrs = {"use_nesterov": hp["nesterov"]} if rule == "momentum" else {}
-    suffix = _OP_SUFFIX[rule]
+    flag = rules.get(rule).flag
+    attrs = {flag: flag_of(hp)} if flag else {}
+    dense_op, sparse_op = rules.get(rule).op_names()
     extra = [] if hess is None else [tf.constant(np.asarray(hess, dtype))]
     if ids is None:
-        getattr(ops, f"resource_apply_group_{suffix}")(
+        apply_op(dense_op)(
             v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad), *extra, **attrs)
     else:
-        getattr(ops, f"resource_sparse_apply_group_{suffix}")(
+        apply_op(sparse_op)(
             v.handle, *[s.handle for s in slots], *scalars, tf.constant(grad), *extra,
             tf.constant(np.asarray(ids, index_dtype)), **attrs)
     return v.numpy(), {k: s.numpy() for k, s in zip(slot_names(rule), slots)}
@@ -51,7 +56,7 @@ def run_core(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, index_dtype=np
     var = var.copy()
     slots = [state[k].astype(var.dtype).copy() for k in slot_names(rule)]
     args = dict(lr=lr, l1=l1, l21=l21, l2=l2, hyper=hyper_list(rule, hp, t),
-                nesterov=hp.get("nesterov", False), hessian=hess)
+                flag=flag_of(hp), hessian=hess)
     if ids is None:
         _core.apply_dense(rule, var, slots, grad, **args)
     else:
@@ -68,14 +73,14 @@ def run_reference(rule, var, state, grad, ids, lr, l1, l21, l2, hp, t,
     def step():
         scalars = [tf.constant(x, dtype) for x in [lr, l1, l21, l2]]
         hyper = [tf.constant(x, dtype) for x in hyper_list(rule, hp, t)]
-        nesterov = hp.get("nesterov", False)
+        flag = flag_of(hp)
         h = None if hess is None else tf.constant(np.asarray(hess, dtype))
         if ids is None:
-            return reference.apply_dense(rule, v, slots, tf.constant(grad), *scalars, hyper,
-                                         nesterov, h)
-        return reference.apply_sparse(rule, v, slots, tf.constant(grad),
-                                      tf.constant(np.asarray(ids, index_dtype)),
-                                      *scalars, hyper, nesterov, h)
+            return tf_step.apply_dense(rule, v, slots, tf.constant(grad), *scalars, hyper,
+                                       flag, h)
+        return tf_step.apply_sparse(rule, v, slots, tf.constant(grad),
+                                    tf.constant(np.asarray(ids, index_dtype)),
+                                    *scalars, hyper, flag, h)
 
     if jit_compile is None:
         step()

@@ -1,4 +1,4 @@
-"""float64 NumPy reference of paper.md, written from the equations alone.
+"""float64 NumPy reference of docs/algorithm.md, written from the equations alone.
 
 Independent of the package's code: one step of each optimizer on a whole
 variable (dense) or on the rows named by ids (lazy sparse, duplicates
@@ -11,9 +11,9 @@ SLOTS = {
     "adam": ("m", "v", "linear"),
     "amsgrad": ("m", "v", "vhat", "linear"),
     "adahessian": ("m", "v", "linear"),
-    "adagrad": ("acc", "linear"),
+    "adagrad": ("accumulator", "linear"),
     "momentum": ("m", "linear"),
-    "ftrl": ("acc", "linear"),
+    "ftrl": ("accumulator", "linear"),
 }
 
 
@@ -42,9 +42,9 @@ def _moments(rule, g, x, state, lr, hp, t, hess=None):
             p_old, p_new = np.sqrt(state["vhat"]) + eps, np.sqrt(new["vhat"]) + eps
     elif rule == "adagrad":
         eps = hp["epsilon"]
-        new["acc"] = state["acc"] + g * g
+        new["accumulator"] = state["accumulator"] + g * g
         a = lr * g
-        p_old, p_new = np.sqrt(state["acc"] + eps), np.sqrt(new["acc"] + eps)
+        p_old, p_new = np.sqrt(state["accumulator"] + eps), np.sqrt(new["accumulator"] + eps)
     elif rule == "momentum":
         mu = hp["momentum"]
         new["m"] = mu * state["m"] - lr * g
@@ -52,9 +52,9 @@ def _moments(rule, g, x, state, lr, hp, t, hess=None):
         p_old = p_new = np.ones_like(g)
     elif rule == "ftrl":
         k = -hp["learning_rate_power"]
-        new["acc"] = state["acc"] + g * g
+        new["accumulator"] = state["accumulator"] + g * g
         a = g + 2 * hp["l2_shrinkage"] * x
-        p_old, p_new = state["acc"] ** k / lr, new["acc"] ** k / lr
+        p_old, p_new = state["accumulator"] ** k / lr, new["accumulator"] ** k / lr
     else:
         raise ValueError(rule)
     return new, a, p_old, p_new
@@ -129,7 +129,7 @@ def initial_state(rule, shape, hp):
     """Slots at their starting values."""
     state = {k: np.zeros(shape) for k in SLOTS[rule]}
     if rule in ("adagrad", "ftrl"):
-        state["acc"] = np.full(shape, hp["initial_accumulator_value"], np.float64)
+        state["accumulator"] = np.full(shape, hp["initial_accumulator_value"], np.float64)
     return state
 
 

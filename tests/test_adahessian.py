@@ -91,11 +91,11 @@ def test_zero_strengths_reproduce_adahessian_step_for_step(n_samples, hessian_po
         theta, m, v = np_adahessian(theta, m, v, g_np, d_np, t, **hp)
         ours = np.append(w.numpy(), b.numpy())
         assert rel_err(ours, theta) <= 1e-11, (t, ours, theta)
-    np.testing.assert_allclose(opt.get_slot(w, "velocity").numpy().ravel(), v[:p], rtol=1e-11)
+    np.testing.assert_allclose(opt.get_slot(w, "v").numpy().ravel(), v[:p], rtol=1e-11)
 
 
 def test_strengths_follow_the_papers_proximal_step(rng):
-    """GroupAdaHessian with l1, l21, l2 on a [p, 3] kernel == np_reference (paper.md)."""
+    """GroupAdaHessian with l1, l21, l2 on a [p, 3] kernel == np_reference (docs/algorithm.md)."""
     p, out = 6, 3
     # The draw must zero some rows and keep others for the comparison to cover
     # both. About 1 draw in 40 zeroes every row at the first step (measured: the
@@ -243,9 +243,9 @@ def test_update_every_reuses_the_stored_estimate_and_falls_back_to_abs_grad(path
         ids = tf.constant(ids)
         _, grads, hess = hessian.gradients_and_hessians(
             lambda: loss(ids, labels), [table, kernel], opt)
-        v_before = opt.get_slot(table, "velocity").numpy() if opt.built else np.zeros((rows, dim))
+        v_before = opt.get_slot(table, "v").numpy() if opt.built else np.zeros((rows, dim))
         opt.apply(grads, [table, kernel], hessians=hess)
-        v_after = opt.get_slot(table, "velocity").numpy()
+        v_after = opt.get_slot(table, "v").numpy()
         touched = np.unique(ids.numpy())
         estimate = opt.get_slot(table, "hessian_estimate").numpy()
         if step % 3 == 0:  # estimation step: D is fresh and stored

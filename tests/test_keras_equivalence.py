@@ -4,7 +4,7 @@
 rank-2 variable (regularized path), a rank-1 variable (plain path) and an
 embedding-like variable fed tf.IndexedSlices (lazy=False, and lazy=True with
 every row present; distinct ids, see below). Hyperparameters are exactly representable in float32,
-because Keras rounds Python floats through float32 (paper.md), so float64
+because Keras rounds Python floats through float32 (docs/algorithm.md), so float64
 runs can be compared tightly.
 """
 

@@ -1,7 +1,7 @@
 """Every implementation of the step against the float64 NumPy reference.
 
 Implementations: the fused TF ops (dense, sparse int32/int64 ids), the
-pybind11 module, reference.py eagerly and inside an XLA cluster. Inputs are
+pybind11 module, tf_step.py eagerly and inside an XLA cluster. Inputs are
 fresh random every run (see conftest.py for the seed). Sparse sequences
 contain duplicate ids, rows first touched late, and an empty batch; the
 strengths are chosen so that rows go to exactly zero while others survive.
@@ -123,7 +123,7 @@ def test_float32_step_matches_numpy(rule, sparse, impl, rng):
 
 @pytest.mark.parametrize("rule", harness.RULES)
 def test_zero_strengths_reduce_to_plain_update(rule, rng):
-    """x' = x - a / p_new on a fresh row, for any initial weights (paper.md)."""
+    """x' = x - a / p_new on a fresh row, for any initial weights (docs/algorithm.md)."""
     var, state, hp, lr, _, _ = make_problem(rng, rule)
     grad = rng.normal(size=var.shape)
     hess = harness.hessian_like(rng, rule, grad)
@@ -164,7 +164,7 @@ def test_other_ranks_group_by_axis0(shape, rng):
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 def test_large_batches_group_ids_like_the_reference(index_dtype, rng):
     """20,000 ids (the radix-sort path of the id grouping, two 16-bit passes for a
-    200,000-row table), heavy with duplicates: fused op == reference.py in float64."""
+    200,000-row table), heavy with duplicates: fused op == tf_step.py in float64."""
     rows, dim, n = 200_000, 4, 20_000
     hp = harness.BASE_HP["adam"]
     var = rng.normal(size=(rows, dim))

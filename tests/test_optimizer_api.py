@@ -294,7 +294,7 @@ def test_save_load_resumes_with_identical_next_step(cls, tmp_path, rng):
 # -------------------------------------------------------- execution modes
 @pytest.mark.parametrize("cls", [gl.GroupAdam, gl.GroupFtrl])
 def test_fit_eager_graph_and_xla_agree(cls, rng):
-    """run_eagerly, tf.function and jit_compile=True (reference.py inside XLA)."""
+    """run_eagerly, tf.function and jit_compile=True (tf_step.py inside XLA)."""
     x, y = _ctr_data(rng)
     results = {}
     for mode in ("eager", "graph", "xla"):

@@ -2,7 +2,7 @@
 
 * Any rule, shape, strengths (0, ordinary, huge), learning rate, ids heavy
   with duplicates or empty, float32/float64, int32/int64: the fused op agrees
-  with the float64 NumPy reference of paper.md (float64) and is bit-identical
+  with the float64 NumPy reference of docs/algorithm.md (float64) and is bit-identical
   to the pybind11 module over the same C++ (float32).
 * A fuzz of the sparse op's inputs (ids out of range or negative, mismatched
   lengths, NaN/Inf or negative hyperparameters, NaN/Inf gradients): every
@@ -44,7 +44,7 @@ def cases(draw):
     # A state that has seen steps: positive second moments, a linear slot
     # consistent with nothing in particular (any value is a valid state).
     for k in state:
-        if k in ("v", "vhat", "acc"):
+        if k in ("v", "vhat", "accumulator"):
             state[k] = state[k] + rng.uniform(0, 2, size=var.shape)
         elif k != "linear" or draw(st.booleans()):
             state[k] = rng.normal(size=var.shape)
@@ -122,8 +122,8 @@ def bad_sparse_inputs(draw):
 @settings(max_examples=600, **SETTINGS)
 @given(bad_sparse_inputs(), st.sampled_from(harness.RULES), st.sampled_from([np.int32, np.int64]))
 def test_fuzzed_sparse_inputs_raise_cleanly_or_give_a_defined_result(inputs, rule, index_dtype):
-    from group_lasso_tf.ops import fused_ops
-    from group_lasso_tf.optimizers.base import _OP_SUFFIX
+    from group_lasso_tf import rules
+    from group_lasso_tf.ops import apply_op
 
     rows, dim, ids, grad_rows, scalars, grad_fill, kind = inputs
     rng = np.random.default_rng(len(ids) * 7919 + rows)
@@ -133,9 +133,9 @@ def test_fuzzed_sparse_inputs_raise_cleanly_or_give_a_defined_result(inputs, rul
     grad = rng.normal(size=(grad_rows, dim))
     if grad_fill is not None and grad_rows:
         grad[0, 0] = grad_fill
-    extra = [tf.constant(rng.normal(size=grad.shape))] if rule == "adahessian" else []
+    extra = [tf.constant(rng.normal(size=grad.shape))] if rules.get(rule).uses_hessian else []
     before = [v.numpy().copy() for v in [var] + slots]
-    op = getattr(fused_ops(), f"resource_sparse_apply_group_{_OP_SUFFIX[rule]}")
+    op = apply_op(rules.get(rule).op_names()[1])
     inputs = [tf.constant(scalars[k], tf.float64) for k in ("lr", "l1", "l21", "l2")]
     inputs += [tf.constant(x, tf.float64) for x in harness.hyper_list(rule, hp, 1)]
     try:

@@ -3,7 +3,7 @@ the step, `set_strength` between steps without retracing, per-variable
 strengths and their serialization (`sparsity.SparsityTarget`, which sets
 them, is tested in test_sparsity_target.py).
 
-Values are checked against the float64 NumPy reference of paper.md fed the
+Values are checked against the float64 NumPy reference of docs/algorithm.md fed the
 strengths each step should have seen, on fresh random inputs every run.
 """
 

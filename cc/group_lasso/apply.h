@@ -23,8 +23,8 @@ struct StepConfig {
 
 template <typename Rule, typename T>
 StepConfig<Rule, T> MakeStepConfig(T lr, T l1, T l21, T l2, const T* hyper,
-                                   bool nesterov, int64_t d) {
-  return {Rule::MakeParams(lr, hyper, nesterov),
+                                   bool flag, int64_t d) {
+  return {Rule::MakeParams(lr, hyper, flag),
           Rule::MakeThresholds(lr, l1, l21, l2, hyper, d)};
 }
 
@@ -40,15 +40,15 @@ struct HessianStore {
 };
 
 // The estimate a row step uses (see HessianStore); `scratch` holds |g| when
-// that is the answer. Returns `h` itself when there is no store.
+// that is the answer. Returns `hess` itself when there is no store.
 template <typename T>
 const T* StoredHessianRow(const HessianStore<T>& store, int64_t row, int64_t d,
-                          const T* g, const T* h, std::vector<T>* scratch) {
-  if (store.rows == nullptr) return h;
+                          const T* g, const T* hess, std::vector<T>* scratch) {
+  if (store.rows == nullptr) return hess;
   T* stored = store.rows + row * d;
   if (store.estimate) {
-    std::copy(h, h + d, stored);
-    return h;
+    std::copy(hess, hess + d, stored);
+    return hess;
   }
   for (int64_t j = 0; j < d; ++j) {
     if (stored[j] != T(0)) return stored;
@@ -160,11 +160,11 @@ void ApplyDense(const StepConfig<Rule, T>& config, int64_t num_rows, int64_t d,
     for (int64_t r = begin; r < end; ++r) {
       for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = slots[k] + r * d;
       const T* g = grad + r * d;
-      const T* h = Rule::kUsesHessian
-                       ? StoredHessianRow(store, r, d, g, hess + r * d, &scratch)
-                       : nullptr;
+      const T* hess_row = Rule::kUsesHessian
+                              ? StoredHessianRow(store, r, d, g, hess + r * d, &scratch)
+                              : nullptr;
       UpdateRow<Rule>(config.params, config.thresholds, d, var + r * d,
-                      row_slots, g, h);
+                      row_slots, g, hess_row);
     }
   });
 }
@@ -204,18 +204,18 @@ void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
     for (int64_t u = begin; u < end; ++u) {
       const int64_t row = static_cast<int64_t>(groups.ids[u]);
       const T* g = GroupRow(groups, u, d, grad, &summed_grad);
-      const T* h = nullptr;
+      const T* hess_row = nullptr;
       if (Rule::kUsesHessian) {
         // On steps that reuse a stored estimate the given one is not read.
         const bool reuse = store.rows != nullptr && !store.estimate;
         const T* given = reuse ? nullptr : GroupRow(groups, u, d, hess, &summed_hess);
-        h = StoredHessianRow(store, row, d, g, given, &scratch);
+        hess_row = StoredHessianRow(store, row, d, g, given, &scratch);
       }
       for (int k = 0; k < Rule::kNumSlots; ++k) {
         row_slots[k] = slots[k] + row * d;
       }
       UpdateRow<Rule>(config.params, config.thresholds, d, var + row * d,
-                      row_slots, g, h);
+                      row_slots, g, hess_row);
     }
   });
 }

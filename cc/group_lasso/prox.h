@@ -1,4 +1,5 @@
-// The proximal row step shared by every optimizer of the family (paper.md):
+// The proximal row step shared by every optimizer of the family
+// (docs/algorithm.md, "One step, per row"):
 //
 //   lin' = lin + a - (p_new - p_old) x          (p_old = 0 on a fresh row)
 //   s    = clip(lin', -t1, t1) - lin'            (element-wise soft threshold)
@@ -37,7 +38,7 @@ GL_HOST_DEVICE inline T GroupShrinkFactor(T norm, T l21_sqrt_d) {
 
 // Whether a row has never been updated: its linear slot is all zero. The
 // first update then uses p_old = 0, which makes the step reduce exactly to
-// the plain optimizer for any initial weights (paper.md).
+// the plain optimizer for any initial weights (docs/algorithm.md).
 template <typename Rule, typename T>
 GL_HOST_DEVICE inline bool IsFreshRow(const T* lin, int64_t d) {
   if (!Rule::kFreshRows) return false;
@@ -51,14 +52,14 @@ GL_HOST_DEVICE inline bool IsFreshRow(const T* lin, int64_t d) {
 // update, soft threshold. Returns s and writes s / (p_new + t2) to *x, to be
 // multiplied by the group factor once the row's norm is known. old_weight is
 // 0 on a fresh row and 1 otherwise (a product, not a branch, so the loop
-// vectorizes). h is the Hessian-diagonal element (0 for rules without one).
+// vectorizes). hess is the Hessian-diagonal element (0 for rules without one).
 template <typename Rule, typename T>
 GL_HOST_DEVICE inline T ElementPrePass(
     const typename Rule::template Params<T>& params, const Thresholds<T>& th,
-    T old_weight, T g, T h, T* x, SlotRows<T, Rule::kNumSlots> slots, int64_t j) {
+    T old_weight, T g, T hess, T* x, SlotRows<T, Rule::kNumSlots> slots, int64_t j) {
   T* lin = slots.row[Rule::kNumSlots - 1];
   const T x_old = *x;
-  const ElementStep<T> e = Rule::Step(params, g, h, x_old, slots, j);
+  const ElementStep<T> e = Rule::Step(params, g, hess, x_old, slots, j);
   const T p_old = old_weight * e.p_old;  // 0 on a fresh row, else p_old
   const T l = lin[j] + e.a - (e.p_new - p_old) * x_old;
   lin[j] = l;
@@ -90,8 +91,9 @@ GL_HOST_DEVICE inline void UpdateRow(
   // (-fopenmp-simd makes this pragma work without the OpenMP runtime.)
 #pragma omp simd reduction(+ : norm2)
   for (int64_t j = 0; j < d; ++j) {
-    const T h = Rule::kUsesHessian ? hess[j] : T(0);
-    const T s = ElementPrePass<Rule>(local_params, local_th, old_weight, g[j], h, x + j, row, j);
+    const T hess_j = Rule::kUsesHessian ? hess[j] : T(0);
+    const T s = ElementPrePass<Rule>(local_params, local_th, old_weight, g[j], hess_j, x + j,
+                                     row, j);
     norm2 += s * s;
   }
   const T factor = GroupShrinkFactor(Sqrt(norm2), th.l21_sqrt_d);

@@ -1,5 +1,4 @@
-// Moment rules of the sparse-group-lasso optimizers (paper.md, "The form to
-// implement").
+// The rule table of the sparse-group-lasso optimizers (docs/algorithm.md).
 //
 // Every optimizer of the family is one per-row step: a moment rule that
 // differs per optimizer, followed by the same proximal step (prox.h). A rule
@@ -8,9 +7,19 @@
 // before (`p_old`) and after (`p_new`) the moment update, so that its plain
 // update would be x <- x - a / p_new.
 //
-// Step(params, g, h, x, slots, j) sees the element's gradient g, its
-// Hessian-diagonal estimate h (read only by rules with kUsesHessian; 0 for
+// Step(params, g, hess, x, slots, j) sees the element's gradient g, its
+// Hessian-diagonal estimate hess (read only by rules with kUsesHessian; 0 for
 // the others), the weight x and the slot rows at column j.
+//
+// A rule also declares what the rest of the code generates from it: its
+// Python name, its op name (ops ResourceApply<kOpName> and
+// ResourceSparseApply<kOpName>), its slot names (the op's resource inputs,
+// linear last), its hyperparameters (the op's scalar inputs after lr, l1,
+// l21, l2, each with the range checked before any write), and its boolean
+// op attribute, if any. GROUP_LASSO_RULES at the end lists every rule once:
+// op registration, CPU and GPU kernel registration and the pybind11 module
+// expand it, so a rule listed there exists everywhere, and a rule not listed
+// exists nowhere.
 //
 // Framework-free: this header is shared by the TensorFlow CPU kernels, the
 // CUDA kernels and the pybind11 module.
@@ -63,6 +72,19 @@ struct Thresholds {
   T l2_denominator;  // added to p_new in the final division
 };
 
+// Range of a hyperparameter, checked before any write (checks.h).
+enum class Range {
+  kUnit,         // in [0, 1]
+  kUnitOpen,     // in [0, 1)
+  kNonNegative,  // finite and >= 0
+  kNonPositive,  // finite and <= 0
+};
+
+struct HyperSpec {
+  const char* name;  // the op input's name
+  Range range;
+};
+
 // Optimizers whose linear slot is the learning rate times the paper's z
 // ("version 4" of the official code): every threshold scales with eta.
 struct LrScaledStrengths {
@@ -73,26 +95,36 @@ struct LrScaledStrengths {
   }
 };
 
-// Names of the hyperparameter inputs after the common lr, l1, l21, l2 are
-// listed in each rule's comment, in op-input order; `h` points at them.
+// The defaults of a rule's declarations; a rule overrides what differs.
+struct RuleDefaults : LrScaledStrengths {
+  static constexpr const char* kFlag = nullptr;  // name of the bool op attr
+  static constexpr bool kFreshRows = true;       // p_old = 0 on a fresh row
+  static constexpr bool kUsesHessian = false;    // reads a Hessian estimate
+  static constexpr bool kNeedsPositiveLr = false;
+};
 
-// Group Adam. Slots: m, v, linear. Hyperparameters: beta1_power,
-// beta2_power, beta1, beta2, epsilon.
-struct AdamRule : LrScaledStrengths {
-  static constexpr int kNumSlots = 3;
-  static constexpr int kNumHyper = 5;
-  static constexpr const char* kHyperNames[kNumHyper] = {"beta1_power", "beta2_power", "beta1", "beta2", "epsilon"};
-  static constexpr bool kFreshRows = true;
-  static constexpr bool kUsesHessian = false;
+// `hyper` points at the rule's hyperparameter values, in kHyper order;
+// `flag` is the value of the op attribute kFlag (false without one).
+
+// Group Adam.
+struct AdamRule : RuleDefaults {
+  static constexpr const char* kName = "adam";
+  static constexpr const char* kOpName = "GroupAdam";
+  static constexpr const char* kSlotNames[] = {"m", "v", "linear"};
+  static constexpr HyperSpec kHyper[] = {
+      {"beta1_power", Range::kUnitOpen}, {"beta2_power", Range::kUnitOpen},
+      {"beta1", Range::kUnit}, {"beta2", Range::kUnit}, {"epsilon", Range::kNonNegative}};
+  static constexpr int kNumSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
+  static constexpr int kNumHyper = sizeof(kHyper) / sizeof(kHyper[0]);
   template <typename T>
   struct Params {
     T alpha;  // lr * sqrt(1 - beta2^t) / (1 - beta1^t)
     T one_minus_beta1, one_minus_beta2, epsilon;
   };
   template <typename T>
-  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* h, bool) {
-    return {lr * Sqrt(T(1) - h[1]) / (T(1) - h[0]), T(1) - h[2], T(1) - h[3],
-            h[4]};
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool) {
+    return {lr * Sqrt(T(1) - hyper[1]) / (T(1) - hyper[0]), T(1) - hyper[2],
+            T(1) - hyper[3], hyper[4]};
   }
   // The two moments, written as Keras writes them (m += (g - m)(1 - b1)) so
   // that zero strengths reproduce keras.optimizers.Adam to the last bits.
@@ -115,18 +147,20 @@ struct AdamRule : LrScaledStrengths {
   }
 };
 
-// Group AMSGrad. Slots: m, v, vhat, linear. Hyperparameters as Adam.
-struct AMSGradRule : LrScaledStrengths {
-  static constexpr int kNumSlots = 4;
-  static constexpr int kNumHyper = 5;
-  static constexpr const char* kHyperNames[kNumHyper] = {"beta1_power", "beta2_power", "beta1", "beta2", "epsilon"};
-  static constexpr bool kFreshRows = true;
-  static constexpr bool kUsesHessian = false;
+// Group AMSGrad: Adam whose preconditioner reads the running maximum vhat of
+// the second moment.
+struct AMSGradRule : RuleDefaults {
+  static constexpr const char* kName = "amsgrad";
+  static constexpr const char* kOpName = "GroupAMSGrad";
+  static constexpr const char* kSlotNames[] = {"m", "v", "vhat", "linear"};
+  static constexpr const HyperSpec* kHyper = AdamRule::kHyper;
+  static constexpr int kNumSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
+  static constexpr int kNumHyper = AdamRule::kNumHyper;
   template <typename T>
   using Params = AdamRule::Params<T>;
   template <typename T>
-  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* h, bool nesterov) {
-    return AdamRule::MakeParams(lr, h, nesterov);
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool flag) {
+    return AdamRule::MakeParams(lr, hyper, flag);
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
@@ -145,17 +179,21 @@ struct AMSGradRule : LrScaledStrengths {
 };
 
 // Group AdaHessian (Yao et al., 2021, epsilon-hat form): Adam whose second
-// moment averages the squared Hessian-diagonal estimate h instead of g^2,
-// with a Hessian power k. Slots: m, v, linear. Hyperparameters:
-// beta1_power, beta2_power, beta1, beta2, epsilon, hessian_power.
+// moment averages the squared Hessian-diagonal estimate instead of g^2, with
+// a Hessian power k:
 //
-//   m' = b1 m + (1 - b1) g;   v' = b2 v + (1 - b2) h^2
+//   m' = b1 m + (1 - b1) g;   v' = b2 v + (1 - b2) hess^2
 //   a  = lr (1 - b2^t)^(k/2) / (1 - b1^t) m';   p = v^(k/2) + epsilon
-struct AdaHessianRule : LrScaledStrengths {
-  static constexpr int kNumSlots = 3;
-  static constexpr int kNumHyper = 6;
-  static constexpr const char* kHyperNames[kNumHyper] = {"beta1_power", "beta2_power", "beta1", "beta2", "epsilon", "hessian_power"};
-  static constexpr bool kFreshRows = true;
+struct AdaHessianRule : RuleDefaults {
+  static constexpr const char* kName = "adahessian";
+  static constexpr const char* kOpName = "GroupAdaHessian";
+  static constexpr const char* kSlotNames[] = {"m", "v", "linear"};
+  static constexpr HyperSpec kHyper[] = {
+      {"beta1_power", Range::kUnitOpen}, {"beta2_power", Range::kUnitOpen},
+      {"beta1", Range::kUnit}, {"beta2", Range::kUnit}, {"epsilon", Range::kNonNegative},
+      {"hessian_power", Range::kUnit}};
+  static constexpr int kNumSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
+  static constexpr int kNumHyper = sizeof(kHyper) / sizeof(kHyper[0]);
   static constexpr bool kUsesHessian = true;
   template <typename T>
   struct Params {
@@ -169,39 +207,40 @@ struct AdaHessianRule : LrScaledStrengths {
     return half_power == T(0.5) ? Sqrt(v) : Pow(v, half_power);
   }
   template <typename T>
-  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* h, bool) {
-    const T half_power = h[5] / T(2);
-    return {lr * HalfPower(T(1) - h[1], half_power) / (T(1) - h[0]),
-            T(1) - h[2], T(1) - h[3], h[4], half_power};
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool) {
+    const T half_power = hyper[5] / T(2);
+    return {lr * HalfPower(T(1) - hyper[1], half_power) / (T(1) - hyper[0]),
+            T(1) - hyper[2], T(1) - hyper[3], hyper[4], half_power};
   }
   template <typename T>
-  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T h, T,
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T hess, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
     T v = slot.row[1][j];
     const T p_old = HalfPower(v, p.half_power) + p.epsilon;
     m += (g - m) * p.one_minus_beta1;
-    v += (h * h - v) * p.one_minus_beta2;
+    v += (hess * hess - v) * p.one_minus_beta2;
     slot.row[0][j] = m;
     slot.row[1][j] = v;
     return {p.alpha * m, p_old, HalfPower(v, p.half_power) + p.epsilon};
   }
 };
 
-// Group Adagrad. Slots: accumulator, linear. Hyperparameters: epsilon.
-struct AdagradRule : LrScaledStrengths {
-  static constexpr int kNumSlots = 2;
-  static constexpr int kNumHyper = 1;
-  static constexpr const char* kHyperNames[kNumHyper] = {"epsilon"};
-  static constexpr bool kFreshRows = true;
-  static constexpr bool kUsesHessian = false;
+// Group Adagrad.
+struct AdagradRule : RuleDefaults {
+  static constexpr const char* kName = "adagrad";
+  static constexpr const char* kOpName = "GroupAdagrad";
+  static constexpr const char* kSlotNames[] = {"accumulator", "linear"};
+  static constexpr HyperSpec kHyper[] = {{"epsilon", Range::kNonNegative}};
+  static constexpr int kNumSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
+  static constexpr int kNumHyper = sizeof(kHyper) / sizeof(kHyper[0]);
   template <typename T>
   struct Params {
     T lr, epsilon;
   };
   template <typename T>
-  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* h, bool) {
-    return {lr, h[0]};
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool) {
+    return {lr, hyper[0]};
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
@@ -214,23 +253,24 @@ struct AdagradRule : LrScaledStrengths {
   }
 };
 
-// Group Momentum (SGD with heavy-ball or Nesterov momentum). Slots:
-// momentum, linear. Hyperparameters: momentum. The op attr use_nesterov
-// selects Nesterov's form.
-struct MomentumRule : LrScaledStrengths {
-  static constexpr int kNumSlots = 2;
-  static constexpr int kNumHyper = 1;
-  static constexpr const char* kHyperNames[kNumHyper] = {"momentum"};
-  static constexpr bool kFreshRows = true;
-  static constexpr bool kUsesHessian = false;
+// Group Momentum (SGD with heavy-ball or Nesterov momentum); the op
+// attribute use_nesterov selects Nesterov's form.
+struct MomentumRule : RuleDefaults {
+  static constexpr const char* kName = "momentum";
+  static constexpr const char* kOpName = "GroupMomentum";
+  static constexpr const char* kSlotNames[] = {"m", "linear"};
+  static constexpr HyperSpec kHyper[] = {{"momentum", Range::kUnit}};
+  static constexpr int kNumSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
+  static constexpr int kNumHyper = sizeof(kHyper) / sizeof(kHyper[0]);
+  static constexpr const char* kFlag = "use_nesterov";
   template <typename T>
   struct Params {
     T lr, momentum;
     bool nesterov;
   };
   template <typename T>
-  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* h, bool nesterov) {
-    return {lr, h[0], nesterov};
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool nesterov) {
+    return {lr, hyper[0], nesterov};
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
@@ -244,28 +284,32 @@ struct MomentumRule : LrScaledStrengths {
 };
 
 // Group FTRL: Keras's Ftrl plus l21, in Keras's own units (the linear slot
-// is not scaled by the learning rate, so neither are the thresholds).
-// Slots: accumulator, linear. Hyperparameters: l2_shrinkage, beta,
-// lr_power.
-struct FtrlRule {
-  static constexpr int kNumSlots = 2;
-  static constexpr int kNumHyper = 3;
-  static constexpr const char* kHyperNames[kNumHyper] = {"l2_shrinkage", "beta", "lr_power"};
+// is not scaled by the learning rate, so neither are the thresholds), and no
+// fresh-row rule.
+struct FtrlRule : RuleDefaults {
+  static constexpr const char* kName = "ftrl";
+  static constexpr const char* kOpName = "GroupFtrl";
+  static constexpr const char* kSlotNames[] = {"accumulator", "linear"};
+  static constexpr HyperSpec kHyper[] = {{"l2_shrinkage", Range::kNonNegative},
+                                         {"beta", Range::kNonNegative},
+                                         {"lr_power", Range::kNonPositive}};
+  static constexpr int kNumSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
+  static constexpr int kNumHyper = sizeof(kHyper) / sizeof(kHyper[0]);
   static constexpr bool kFreshRows = false;
-  static constexpr bool kUsesHessian = false;
+  static constexpr bool kNeedsPositiveLr = true;  // p divides by lr
   template <typename T>
   struct Params {
     T lr, two_l2_shrinkage, lr_power;
   };
   template <typename T>
-  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* h, bool) {
-    return {lr, T(2) * h[0], h[2]};
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool) {
+    return {lr, T(2) * hyper[0], hyper[2]};
   }
   // The beta term joins l2 in the denominator: 2 (l2 + beta / (2 lr)).
   template <typename T>
   GL_HOST_DEVICE static Thresholds<T> MakeThresholds(T lr, T l1, T l21, T l2,
-                                                     const T* h, int64_t d) {
-    return {l1, l21 * Sqrt(static_cast<T>(d)), T(2) * l2 + h[1] / lr};
+                                                     const T* hyper, int64_t d) {
+    return {l1, l21 * Sqrt(static_cast<T>(d)), T(2) * l2 + hyper[1] / lr};
   }
   template <typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T x,
@@ -277,6 +321,82 @@ struct FtrlRule {
     return {g + p.two_l2_shrinkage * x, p_old, PowNeg(acc, p.lr_power) / p.lr};
   }
 };
+
+// ---------------------------------------------------------------- the table
+// Every rule, once. X(Rule) is expanded for op and kernel registration (CPU
+// and GPU), the GPU functors and the pybind11 module.
+#define GROUP_LASSO_RULES(X) \
+  X(AdamRule)                \
+  X(AMSGradRule)             \
+  X(AdaHessianRule)          \
+  X(AdagradRule)             \
+  X(MomentumRule)            \
+  X(FtrlRule)
+
+// The inputs of a rule's ops, in order: var, the slots (linear last), with
+// kStored the stored Hessian estimate, lr, l1, l21, l2, the rule's
+// hyperparameters, grad, for rules with kUsesHessian the Hessian-diagonal
+// estimate `hessian` (the shape of grad), with kStored the boolean scalar
+// `estimate`, and for the sparse ops `indices`. Op registration and the
+// kernels both read their positions from here.
+template <typename Rule, bool kSparse, bool kStored>
+struct OpLayout {
+  static constexpr int kNumVars = 1 + Rule::kNumSlots + (kStored ? 1 : 0);
+  static constexpr int kNumScalars = 4 + Rule::kNumHyper;
+  static constexpr int kGradInput = kNumVars + kNumScalars;
+  static constexpr int kHessianInput = kGradInput + 1;      // if kUsesHessian
+  static constexpr int kEstimateInput = kHessianInput + 1;  // if kStored
+  static constexpr int kIndicesInput =
+      kGradInput + (Rule::kUsesHessian ? 2 : 1) + (kStored ? 1 : 0);
+  static constexpr int kNumInputs = kIndicesInput + (kSparse ? 1 : 0);
+  static_assert(!kStored || Rule::kUsesHessian, "a stored estimate needs a Hessian rule");
+};
+
+namespace internal {
+constexpr bool SameName(const char* a, const char* b) {
+  return *a == *b && (*a == '\0' || SameName(a + 1, b + 1));
+}
+// Input names of every op besides the rule's own (OpLayout).
+constexpr const char* kCommonInputs[] = {"var", "lr", "l1", "l21", "l2", "grad", "hessian",
+                                         "hessian_estimate", "estimate", "indices"};
+constexpr bool IsCommonInput(const char* name) {
+  for (const char* common : kCommonInputs) {
+    if (SameName(name, common)) return true;
+  }
+  return false;
+}
+// The rule's input names: none common, none twice, the linear slot last.
+template <typename Rule>
+constexpr bool NamesAreValid() {
+  if (!SameName(Rule::kSlotNames[Rule::kNumSlots - 1], "linear")) return false;
+  for (int i = 0; i < Rule::kNumSlots + Rule::kNumHyper; ++i) {
+    const char* a = i < Rule::kNumSlots ? Rule::kSlotNames[i]
+                                        : Rule::kHyper[i - Rule::kNumSlots].name;
+    if (IsCommonInput(a)) return false;
+    for (int k = 0; k < i; ++k) {
+      const char* b = k < Rule::kNumSlots ? Rule::kSlotNames[k]
+                                          : Rule::kHyper[k - Rule::kNumSlots].name;
+      if (SameName(a, b)) return false;
+    }
+  }
+  return true;
+}
+}  // namespace internal
+
+// Each rule of the table: its declarations are complete and its names
+// usable as op inputs; the op layout has one input per slot and per
+// hyperparameter.
+#define GL_CHECK_RULE(RULE)                                                          \
+  static_assert(RULE::kNumSlots >= 2 && RULE::kNumHyper >= 1, #RULE ": slot/hyper counts"); \
+  static_assert(internal::NamesAreValid<RULE>(),                                     \
+                #RULE ": slot and hyperparameter names must be distinct op input "   \
+                "names, the linear slot last");                                      \
+  static_assert(OpLayout<RULE, true, false>::kNumInputs ==                           \
+                    1 + RULE::kNumSlots + 4 + RULE::kNumHyper + 1 +                  \
+                        (RULE::kUsesHessian ? 1 : 0) + 1,                            \
+                #RULE ": op layout");
+GROUP_LASSO_RULES(GL_CHECK_RULE)
+#undef GL_CHECK_RULE
 
 }  // namespace group_lasso
 

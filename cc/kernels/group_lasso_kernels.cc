@@ -3,20 +3,25 @@
 //
 // One kernel class serves every optimizer: the moment rule (rules.h) is a
 // template parameter, so input layout, validation, locking and copy-on-write
-// are written once. Order of work in Compute: look up and lock the
-// variables, validate every input, copy-on-write, then update. Nothing is
-// written before all checks have passed.
+// are written once, and the kernels of every rule of the table
+// (GROUP_LASSO_RULES) are registered, CPU and GPU, by one loop at the end.
+// Order of work in Compute: look up and lock the variables, validate every
+// input, copy-on-write, then update. Nothing is written before all checks
+// have passed.
 #define EIGEN_USE_THREADS
 #if GOOGLE_CUDA
 #define EIGEN_USE_GPU
 #endif
 
 #include <string>
+#include <vector>
 
 #include "group_lasso/apply.h"
 #include "group_lasso/checks.h"
 #include "kernels/group_lasso_functors.h"
 #include "kernels/variable_access.h"
+#include "ops/group_lasso_ops.h"
+#include "tensorflow/core/framework/kernel_def_builder.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -109,40 +114,34 @@ struct ApplySparse<CPUDevice, T, Tindex, Rule> {
 #define GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(RULE) \
   GL_DECLARE_GPU_FUNCTORS(RULE, float)          \
   GL_DECLARE_GPU_FUNCTORS(RULE, double)
-GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AdamRule)
-GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AMSGradRule)
-GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AdaHessianRule)
-GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(AdagradRule)
-GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(MomentumRule)
-GL_DECLARE_GPU_FUNCTORS_ALL_TYPES(FtrlRule)
+GROUP_LASSO_RULES(GL_DECLARE_GPU_FUNCTORS_ALL_TYPES)
 #undef GL_DECLARE_GPU_FUNCTORS_ALL_TYPES
 #undef GL_DECLARE_GPU_FUNCTORS
 #endif  // GOOGLE_CUDA
 
 }  // namespace functor
 
-// Input layout of every op: the variable, Rule::kNumSlots slots (linear
-// last), with kStored the stored Hessian estimate, lr, l1, l21, l2,
-// Rule::kNumHyper rule hyperparameters, grad, for rules with kUsesHessian
-// the Hessian-diagonal estimate `hessian` (the shape of grad), with kStored
-// the boolean scalar `estimate`, and for the sparse ops indices.
+// The kernel of every op of the table; its input positions come from the
+// layout the op was registered with (OpLayout in rules.h).
 template <typename Device, typename T, typename Tindex, typename Rule,
           bool kSparse, bool kStored = false>
 class GroupLassoApplyOp : public OpKernel {
  public:
-  static_assert(!kStored || Rule::kUsesHessian, "a stored estimate needs a Hessian rule");
-  static constexpr int kNumVars = 1 + Rule::kNumSlots + (kStored ? 1 : 0);
-  static constexpr int kNumScalars = 4 + Rule::kNumHyper;
-  static constexpr int kGradInput = kNumVars + kNumScalars;
-  static constexpr int kHessianInput = kGradInput + 1;  // if kUsesHessian
-  static constexpr int kEstimateInput = kHessianInput + 1;  // if kStored
-  static constexpr int kIndicesInput =
-      kGradInput + (Rule::kUsesHessian ? 2 : 1) + (kStored ? 1 : 0);
+  using Layout = group_lasso::OpLayout<Rule, kSparse, kStored>;
+  static constexpr int kNumVars = Layout::kNumVars;
+  static constexpr int kNumScalars = Layout::kNumScalars;
+  static constexpr int kGradInput = Layout::kGradInput;
+  static constexpr int kHessianInput = Layout::kHessianInput;
+  static constexpr int kEstimateInput = Layout::kEstimateInput;
+  static constexpr int kIndicesInput = Layout::kIndicesInput;
 
   explicit GroupLassoApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES(ctx, ctx->num_inputs() == Layout::kNumInputs,
+                errors::Internal(def().op(), " has ", ctx->num_inputs(),
+                                 " inputs; its kernel expects ", Layout::kNumInputs));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("use_locking", &use_locking_));
-    if (ctx->HasAttr("use_nesterov")) {
-      OP_REQUIRES_OK(ctx, ctx->GetAttr("use_nesterov", &use_nesterov_));
+    if (Rule::kFlag != nullptr) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr(Rule::kFlag, &flag_));
     }
   }
 
@@ -198,7 +197,7 @@ class GroupLassoApplyOp : public OpKernel {
     }
     const auto config = group_lasso::MakeStepConfig<Rule, T>(
         scalars[0], scalars[1], scalars[2], scalars[3], scalars + 4,
-        use_nesterov_, dim);
+        flag_, dim);
     const T* g = grad.template flat<T>().data();
     if (kSparse) {
       const Tensor& indices = ctx->input(kIndicesInput);
@@ -280,110 +279,79 @@ class GroupLassoApplyOp : public OpKernel {
   }
 
   bool use_locking_ = false;
-  bool use_nesterov_ = false;
+  bool flag_ = false;  // the value of the op attribute Rule::kFlag
 };
 
-#define GL_REGISTER_CPU(OP, RULE, T)                                        \
-  REGISTER_KERNEL_BUILDER(                                                  \
-      Name("ResourceApply" OP).Device(::tensorflow::DEVICE_CPU)             \
-          .TypeConstraint<T>("T"),                                          \
-      GroupLassoApplyOp<CPUDevice, T, int32_t, group_lasso::RULE, false>);  \
-  REGISTER_KERNEL_BUILDER(                                                  \
-      Name("ResourceSparseApply" OP).Device(::tensorflow::DEVICE_CPU)       \
-          .TypeConstraint<T>("T")                                           \
-          .TypeConstraint<int32_t>("Tindices"),                             \
-      GroupLassoApplyOp<CPUDevice, T, int32_t, group_lasso::RULE, true>);   \
-  REGISTER_KERNEL_BUILDER(                                                  \
-      Name("ResourceSparseApply" OP).Device(::tensorflow::DEVICE_CPU)       \
-          .TypeConstraint<T>("T")                                           \
-          .TypeConstraint<int64_t>("Tindices"),                             \
-      GroupLassoApplyOp<CPUDevice, T, int64_t, group_lasso::RULE, true>);
+// ---------------------------------------------------------- registration
+template <typename Device, typename T, typename Tindex, typename Rule, bool kSparse,
+          bool kStored>
+OpKernel* CreateApplyOp(OpKernelConstruction* ctx) {
+  return new GroupLassoApplyOp<Device, T, Tindex, Rule, kSparse, kStored>(ctx);
+}
 
-#define GL_REGISTER_CPU_ALL_TYPES(OP, RULE) \
-  GL_REGISTER_CPU(OP, RULE, float)          \
-  GL_REGISTER_CPU(OP, RULE, double)
+// On the GPU, like TensorFlow's own training ops, the resource handles and
+// the scalar inputs live in host memory (the kernel validates the scalars on
+// the host before launching anything); grad, hessian and indices are on the
+// device.
+template <typename Rule, bool kSparse, bool kStored>
+std::vector<std::string> HostMemoryInputs() {
+  std::vector<std::string> names = {"var", "lr", "l1", "l21", "l2"};
+  for (const char* slot : Rule::kSlotNames) names.push_back(slot);
+  for (int k = 0; k < Rule::kNumHyper; ++k) names.push_back(Rule::kHyper[k].name);
+  if (kStored) {
+    names.push_back("hessian_estimate");
+    names.push_back("estimate");
+  }
+  return names;
+}
 
-GL_REGISTER_CPU_ALL_TYPES("GroupAdam", AdamRule)
-GL_REGISTER_CPU_ALL_TYPES("GroupAMSGrad", AMSGradRule)
-GL_REGISTER_CPU_ALL_TYPES("GroupAdaHessian", AdaHessianRule)
+template <typename Device, typename T, typename Tindex, typename Rule, bool kSparse,
+          bool kStored>
+void RegisterKernel(const char* device, bool host_scalars) {
+  const std::string op = ApplyOpName(Rule::kOpName, kSparse, kStored);
+  ::tensorflow::KernelDefBuilder builder(op.c_str());
+  builder.Device(device).TypeConstraint<T>("T");
+  if (kSparse) builder.TypeConstraint<Tindex>("Tindices");
+  const std::vector<std::string> host = HostMemoryInputs<Rule, kSparse, kStored>();
+  if (host_scalars) {
+    for (const std::string& name : host) builder.HostMemory(name.c_str());
+  }
+  // The registrar takes the KernelDef and files it in TensorFlow's registry.
+  ::tensorflow::kernel_factory::OpKernelRegistrar(
+      builder.Build(), "GroupLassoApplyOp",
+      &CreateApplyOp<Device, T, Tindex, Rule, kSparse, kStored>);
+}
 
-// AdaHessian with a stored estimate (update_every > 1).
-#define GL_REGISTER_CPU_STORED(T)                                                  \
-  REGISTER_KERNEL_BUILDER(                                                        \
-      Name("ResourceApplyGroupAdaHessianStored").Device(::tensorflow::DEVICE_CPU) \
-          .TypeConstraint<T>("T"),                                                \
-      GroupLassoApplyOp<CPUDevice, T, int32_t, group_lasso::AdaHessianRule,       \
-                        false, true>);                                            \
-  REGISTER_KERNEL_BUILDER(                                                        \
-      Name("ResourceSparseApplyGroupAdaHessianStored")                            \
-          .Device(::tensorflow::DEVICE_CPU)                                       \
-          .TypeConstraint<T>("T")                                                 \
-          .TypeConstraint<int32_t>("Tindices"),                                   \
-      GroupLassoApplyOp<CPUDevice, T, int32_t, group_lasso::AdaHessianRule,       \
-                        true, true>);                                             \
-  REGISTER_KERNEL_BUILDER(                                                        \
-      Name("ResourceSparseApplyGroupAdaHessianStored")                            \
-          .Device(::tensorflow::DEVICE_CPU)                                       \
-          .TypeConstraint<T>("T")                                                 \
-          .TypeConstraint<int64_t>("Tindices"),                                   \
-      GroupLassoApplyOp<CPUDevice, T, int64_t, group_lasso::AdaHessianRule,       \
-                        true, true>);
-GL_REGISTER_CPU_STORED(float)
-GL_REGISTER_CPU_STORED(double)
-#undef GL_REGISTER_CPU_STORED
+template <typename Device, typename T, typename Rule, bool kStored>
+void RegisterKernels(const char* device, bool host_scalars) {
+  RegisterKernel<Device, T, int32_t, Rule, false, kStored>(device, host_scalars);
+  RegisterKernel<Device, T, int32_t, Rule, true, kStored>(device, host_scalars);
+  RegisterKernel<Device, T, int64_t, Rule, true, kStored>(device, host_scalars);
+}
 
+template <typename Device, typename Rule>
+void RegisterRuleKernels(const char* device, bool host_scalars) {
+  RegisterKernels<Device, float, Rule, false>(device, host_scalars);
+  RegisterKernels<Device, double, Rule, false>(device, host_scalars);
+  if constexpr (Rule::kUsesHessian) {
+    RegisterKernels<Device, float, Rule, true>(device, host_scalars);
+    RegisterKernels<Device, double, Rule, true>(device, host_scalars);
+  }
+}
+
+// Registered when the library is loaded, as REGISTER_KERNEL_BUILDER would.
+[[maybe_unused]] static const bool kKernelsRegistered = [] {
+#define GL_REGISTER_KERNELS(RULE)                                           \
+  RegisterRuleKernels<CPUDevice, group_lasso::RULE>(::tensorflow::DEVICE_CPU, false);
+  GROUP_LASSO_RULES(GL_REGISTER_KERNELS)
+#undef GL_REGISTER_KERNELS
 #if GOOGLE_CUDA
-// GPU: like TensorFlow's own training ops, the resource handles and the
-// scalar hyperparameters live in host memory (the kernel validates the
-// scalars on the host before launching anything); grad, hessian and indices
-// are on the device.
-#define GL_HOST(NAME) .HostMemory(NAME)
-#define GL_COMMON_HOST GL_HOST("var") GL_HOST("linear") GL_HOST("lr") GL_HOST("l1") \
-  GL_HOST("l21") GL_HOST("l2")
-#define GL_ADAM_HOST GL_HOST("m") GL_HOST("v") GL_HOST("beta1_power") GL_HOST("beta2_power") \
-  GL_HOST("beta1") GL_HOST("beta2") GL_HOST("epsilon")
-#define GL_REGISTER_GPU_OP(OP, HOST, RULE, T, STORED)                                        \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("ResourceApply" OP).Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T")       \
-          GL_COMMON_HOST HOST,                                                              \
-      GroupLassoApplyOp<GPUDevice, T, int32_t, group_lasso::RULE, false, STORED>);          \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("ResourceSparseApply" OP).Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T") \
-          .TypeConstraint<int32_t>("Tindices") GL_COMMON_HOST HOST,                         \
-      GroupLassoApplyOp<GPUDevice, T, int32_t, group_lasso::RULE, true, STORED>);           \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("ResourceSparseApply" OP).Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T") \
-          .TypeConstraint<int64_t>("Tindices") GL_COMMON_HOST HOST,                         \
-      GroupLassoApplyOp<GPUDevice, T, int64_t, group_lasso::RULE, true, STORED>);
-#define GL_REGISTER_GPU(T)                                                                   \
-  GL_REGISTER_GPU_OP("GroupAdam", GL_ADAM_HOST, AdamRule, T, false)                          \
-  GL_REGISTER_GPU_OP("GroupAMSGrad", GL_ADAM_HOST GL_HOST("vhat"), AMSGradRule, T, false)    \
-  GL_REGISTER_GPU_OP("GroupAdaHessian", GL_ADAM_HOST GL_HOST("hessian_power"),               \
-                     AdaHessianRule, T, false)                                               \
-  GL_REGISTER_GPU_OP("GroupAdaHessianStored",                                                \
-                     GL_ADAM_HOST GL_HOST("hessian_power") GL_HOST("hessian_estimate")       \
-                         GL_HOST("estimate"),                                                \
-                     AdaHessianRule, T, true)                                                \
-  GL_REGISTER_GPU_OP("GroupAdagrad", GL_HOST("accumulator") GL_HOST("epsilon"), AdagradRule, \
-                     T, false)                                                               \
-  GL_REGISTER_GPU_OP("GroupMomentum", GL_HOST("momentum_slot") GL_HOST("momentum"),          \
-                     MomentumRule, T, false)                                                 \
-  GL_REGISTER_GPU_OP("GroupFtrl", GL_HOST("accumulator") GL_HOST("l2_shrinkage")             \
-                         GL_HOST("beta") GL_HOST("lr_power"),                                \
-                     FtrlRule, T, false)
-GL_REGISTER_GPU(float)
-GL_REGISTER_GPU(double)
-#undef GL_REGISTER_GPU
-#undef GL_REGISTER_GPU_OP
-#undef GL_ADAM_HOST
-#undef GL_COMMON_HOST
-#undef GL_HOST
+#define GL_REGISTER_GPU_KERNELS(RULE) \
+  RegisterRuleKernels<GPUDevice, group_lasso::RULE>(::tensorflow::DEVICE_GPU, true);
+  GROUP_LASSO_RULES(GL_REGISTER_GPU_KERNELS)
+#undef GL_REGISTER_GPU_KERNELS
 #endif  // GOOGLE_CUDA
-GL_REGISTER_CPU_ALL_TYPES("GroupAdagrad", AdagradRule)
-GL_REGISTER_CPU_ALL_TYPES("GroupMomentum", MomentumRule)
-GL_REGISTER_CPU_ALL_TYPES("GroupFtrl", FtrlRule)
-
-#undef GL_REGISTER_CPU_ALL_TYPES
-#undef GL_REGISTER_CPU
+  return true;
+}();
 
 }  // namespace group_lasso_tf

@@ -1,13 +1,33 @@
-// Op registrations of the sparse-group-lasso optimizers.
+// Op registrations of the sparse-group-lasso optimizers, generated from the
+// rule table (cc/group_lasso/rules.h, GROUP_LASSO_RULES).
 //
 // Like TensorFlow's ResourceApply* training ops, each op takes resource
 // handles of the variable and its slots (the linear slot last) and updates
 // them in place; it has no outputs. Hyperparameters are scalar tensors so a
-// learning-rate schedule needs no retracing. The Sparse variants take
-// `indices` and one gradient row per index; duplicate indices are summed.
+// learning-rate schedule needs no retracing. Per rule, with its kOpName:
+//
+//   ResourceApply<kOpName>        every row of var
+//   ResourceSparseApply<kOpName>  the rows named by `indices` (duplicates
+//                                 summed), one gradient row per index
+//
+// and, for rules that read a Hessian estimate, the same two with the suffix
+// "Stored": AdaHessian with a stored estimate (update_every > 1), whose
+// resource `hessian_estimate` holds each row's last estimate. With `estimate`
+// true, the updated rows' `hessian` is used and stored; with it false,
+// `hessian` is not read: a row uses its stored estimate, or |g| if it has
+// none yet (all zero).
+//
+// Inputs, in order (OpLayout in rules.h): var, the rule's slots
+// (kSlotNames), [hessian_estimate], lr, l1, l21, l2, the rule's
+// hyperparameters (kHyper), grad, [hessian], [estimate], [indices].
 //
 // Every op checks its inputs before writing anything: strengths l1, l21, l2
-// and lr must be finite and >= 0, ids in [0, rows), shapes consistent.
+// and lr must be finite and >= 0, the rule's hyperparameters in their
+// ranges, ids in [0, rows), shapes consistent.
+#include <string>
+
+#include "group_lasso/rules.h"
+#include "ops/group_lasso_ops.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
@@ -27,35 +47,29 @@ static ShapeHandle VariableShape(InferenceContext* c, int i) {
   return (*handle_data)[0].shape;
 }
 
-// Inputs: num_vars resources, num_scalars scalars, grad, then (with_hessian)
-// the Hessian-diagonal estimate, shaped like grad, then (stored) the scalar
-// `estimate`, then (sparse) indices.
-static Status ApplyShapeFn(InferenceContext* c, int num_vars, int num_scalars,
-                           bool sparse, bool with_hessian = false,
-                           bool stored = false) {
+template <typename Layout>
+static Status ApplyShapeFn(InferenceContext* c, bool sparse, bool with_hessian, bool stored) {
   ShapeHandle var = VariableShape(c, 0);
-  for (int i = 1; i < num_vars; ++i) {
+  for (int i = 1; i < Layout::kNumVars; ++i) {
     TF_RETURN_IF_ERROR(c->Merge(var, VariableShape(c, i), &var));
   }
   ShapeHandle unused;
-  for (int i = num_vars; i < num_vars + num_scalars; ++i) {
+  for (int i = Layout::kNumVars; i < Layout::kGradInput; ++i) {
     TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
   }
-  const int grad_index = num_vars + num_scalars;
-  ShapeHandle grad = c->input(grad_index);
+  ShapeHandle grad = c->input(Layout::kGradInput);
   if (with_hessian) {
-    TF_RETURN_IF_ERROR(c->Merge(grad, c->input(grad_index + 1), &grad));
+    TF_RETURN_IF_ERROR(c->Merge(grad, c->input(Layout::kHessianInput), &grad));
   }
   if (stored) {
-    TF_RETURN_IF_ERROR(c->WithRank(c->input(grad_index + 2), 0, &unused));
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(Layout::kEstimateInput), 0, &unused));
   }
-  const int indices_index = grad_index + (with_hessian ? 2 : 1) + (stored ? 1 : 0);
   if (!sparse) {
     TF_RETURN_IF_ERROR(c->Merge(var, grad, &unused));
     return ::tensorflow::OkStatus();
   }
   ShapeHandle indices;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(indices_index), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(Layout::kIndicesInput), 1, &indices));
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(grad, 1, &grad));
   DimensionHandle n;
   TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &n));
@@ -68,213 +82,55 @@ static Status ApplyShapeFn(InferenceContext* c, int num_vars, int num_scalars,
   return ::tensorflow::OkStatus();
 }
 
-#define GL_DENSE_SHAPE(vars, scalars) \
-  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, false); }
-#define GL_SPARSE_SHAPE(vars, scalars) \
-  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, true); }
-#define GL_DENSE_HESSIAN_SHAPE(vars, scalars) \
-  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, false, true); }
-#define GL_SPARSE_HESSIAN_SHAPE(vars, scalars) \
-  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, true, true); }
-#define GL_DENSE_STORED_SHAPE(vars, scalars) \
-  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, false, true, true); }
-#define GL_SPARSE_STORED_SHAPE(vars, scalars) \
-  [](InferenceContext* c) { return ApplyShapeFn(c, vars, scalars, true, true, true); }
+std::string ApplyOpName(const char* op_name, bool sparse, bool stored) {
+  return std::string(sparse ? "ResourceSparseApply" : "ResourceApply") + op_name +
+         (stored ? "Stored" : "");
+}
 
-#define GL_COMMON_HYPER  \
-  Input("lr: T")         \
-      .Input("l1: T")    \
-      .Input("l21: T")   \
-      .Input("l2: T")
+template <typename Rule, bool kSparse, bool kStored>
+void RegisterApplyOp() {
+  using Layout = group_lasso::OpLayout<Rule, kSparse, kStored>;
+  const std::string name = ApplyOpName(Rule::kOpName, kSparse, kStored);
+  ::tensorflow::register_op::OpDefBuilderWrapper op(name.c_str());
+  op.Input("var: resource");
+  for (const char* slot : Rule::kSlotNames) op.Input(std::string(slot) + ": resource");
+  if (kStored) op.Input("hessian_estimate: resource");
+  for (const char* common : {"lr", "l1", "l21", "l2"}) op.Input(std::string(common) + ": T");
+  for (int k = 0; k < Rule::kNumHyper; ++k) op.Input(std::string(Rule::kHyper[k].name) + ": T");
+  op.Input("grad: T");
+  if (Rule::kUsesHessian) op.Input("hessian: T");
+  if (kStored) op.Input("estimate: bool");
+  if (kSparse) op.Input("indices: Tindices");
+  op.Attr("T: {float, double}").Attr("use_locking: bool = false");
+  if (kSparse) op.Attr("Tindices: {int32, int64}");
+  if (Rule::kFlag != nullptr) op.Attr(std::string(Rule::kFlag) + ": bool = false");
+  op.SetShapeFn([](InferenceContext* c) {
+    return ApplyShapeFn<Layout>(c, kSparse, Rule::kUsesHessian, kStored);
+  });
+  op.Doc(std::string(kSparse ? "Lazy " : "") + Rule::kOpName +
+         (kStored ? " step with a stored Hessian estimate" : " step") +
+         (kSparse ? " on the rows of var named by indices (duplicates summed)"
+                  : " on every row of var") +
+         ", in place (docs/algorithm.md).");
+  op();  // registers the op
+}
 
-#define GL_ATTRS                   \
-  Attr("T: {float, double}")       \
-      .Attr("use_locking: bool = false")
+template <typename Rule>
+void RegisterRuleOps() {
+  RegisterApplyOp<Rule, false, false>();
+  RegisterApplyOp<Rule, true, false>();
+  if constexpr (Rule::kUsesHessian) {
+    RegisterApplyOp<Rule, false, true>();
+    RegisterApplyOp<Rule, true, true>();
+  }
+}
 
-#define GL_SPARSE_ATTRS \
-  Attr("Tindices: {int32, int64}")
-
-// ---------------------------------------------------------------- Adam
-#define GL_ADAM_HYPER          \
-  Input("beta1_power: T")      \
-      .Input("beta2_power: T") \
-      .Input("beta1: T")       \
-      .Input("beta2: T")       \
-      .Input("epsilon: T")
-
-REGISTER_OP("ResourceApplyGroupAdam")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("grad: T")
-    .GL_ATTRS
-    .SetShapeFn(GL_DENSE_SHAPE(4, 9))
-    .Doc("Group Adam step on every row of var (paper.md), in place.");
-
-REGISTER_OP("ResourceSparseApplyGroupAdam")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("grad: T")
-    .Input("indices: Tindices")
-    .GL_ATTRS.GL_SPARSE_ATTRS
-    .SetShapeFn(GL_SPARSE_SHAPE(4, 9))
-    .Doc("Lazy Group Adam step on the rows of var named by indices.");
-
-// ------------------------------------------------------------- AMSGrad
-REGISTER_OP("ResourceApplyGroupAMSGrad")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("vhat: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("grad: T")
-    .GL_ATTRS
-    .SetShapeFn(GL_DENSE_SHAPE(5, 9))
-    .Doc("Group AMSGrad step on every row of var, in place.");
-
-REGISTER_OP("ResourceSparseApplyGroupAMSGrad")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("vhat: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("grad: T")
-    .Input("indices: Tindices")
-    .GL_ATTRS.GL_SPARSE_ATTRS
-    .SetShapeFn(GL_SPARSE_SHAPE(5, 9))
-    .Doc("Lazy Group AMSGrad step on the rows of var named by indices.");
-
-// ---------------------------------------------------------- AdaHessian
-REGISTER_OP("ResourceApplyGroupAdaHessian")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
-    .Input("grad: T")
-    .Input("hessian: T")
-    .GL_ATTRS
-    .SetShapeFn(GL_DENSE_HESSIAN_SHAPE(4, 10))
-    .Doc("Group AdaHessian step on every row of var, in place; `hessian` is "
-         "the Hessian-diagonal estimate D, shaped like grad.");
-
-REGISTER_OP("ResourceSparseApplyGroupAdaHessian")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
-    .Input("grad: T")
-    .Input("hessian: T")
-    .Input("indices: Tindices")
-    .GL_ATTRS.GL_SPARSE_ATTRS
-    .SetShapeFn(GL_SPARSE_HESSIAN_SHAPE(4, 10))
-    .Doc("Lazy Group AdaHessian step on the rows of var named by indices; "
-         "duplicate indices sum both grad and hessian rows.");
-
-// AdaHessian with a stored estimate (update_every > 1): `hessian_estimate`
-// holds each row's last estimate. With `estimate` true, the updated rows'
-// `hessian` is used and stored; with it false, `hessian` is not read: a row
-// uses its stored estimate, or |g| if it has none yet (all zero).
-REGISTER_OP("ResourceApplyGroupAdaHessianStored")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("linear: resource")
-    .Input("hessian_estimate: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
-    .Input("grad: T")
-    .Input("hessian: T")
-    .Input("estimate: bool")
-    .GL_ATTRS
-    .SetShapeFn(GL_DENSE_STORED_SHAPE(5, 10))
-    .Doc("Group AdaHessian step with a stored Hessian estimate, in place.");
-
-REGISTER_OP("ResourceSparseApplyGroupAdaHessianStored")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("linear: resource")
-    .Input("hessian_estimate: resource")
-    .GL_COMMON_HYPER.GL_ADAM_HYPER.Input("hessian_power: T")
-    .Input("grad: T")
-    .Input("hessian: T")
-    .Input("estimate: bool")
-    .Input("indices: Tindices")
-    .GL_ATTRS.GL_SPARSE_ATTRS
-    .SetShapeFn(GL_SPARSE_STORED_SHAPE(5, 10))
-    .Doc("Lazy Group AdaHessian step with a stored Hessian estimate.");
-
-// ------------------------------------------------------------- Adagrad
-REGISTER_OP("ResourceApplyGroupAdagrad")
-    .Input("var: resource")
-    .Input("accumulator: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.Input("epsilon: T")
-    .Input("grad: T")
-    .GL_ATTRS
-    .SetShapeFn(GL_DENSE_SHAPE(3, 5))
-    .Doc("Group Adagrad step on every row of var, in place.");
-
-REGISTER_OP("ResourceSparseApplyGroupAdagrad")
-    .Input("var: resource")
-    .Input("accumulator: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.Input("epsilon: T")
-    .Input("grad: T")
-    .Input("indices: Tindices")
-    .GL_ATTRS.GL_SPARSE_ATTRS
-    .SetShapeFn(GL_SPARSE_SHAPE(3, 5))
-    .Doc("Lazy Group Adagrad step on the rows of var named by indices.");
-
-// ------------------------------------------------------------ Momentum
-REGISTER_OP("ResourceApplyGroupMomentum")
-    .Input("var: resource")
-    .Input("momentum_slot: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.Input("momentum: T")
-    .Input("grad: T")
-    .GL_ATTRS.Attr("use_nesterov: bool = false")
-    .SetShapeFn(GL_DENSE_SHAPE(3, 5))
-    .Doc("Group Momentum step on every row of var, in place.");
-
-REGISTER_OP("ResourceSparseApplyGroupMomentum")
-    .Input("var: resource")
-    .Input("momentum_slot: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.Input("momentum: T")
-    .Input("grad: T")
-    .Input("indices: Tindices")
-    .GL_ATTRS.GL_SPARSE_ATTRS.Attr("use_nesterov: bool = false")
-    .SetShapeFn(GL_SPARSE_SHAPE(3, 5))
-    .Doc("Lazy Group Momentum step on the rows of var named by indices.");
-
-// ---------------------------------------------------------------- FTRL
-#define GL_FTRL_HYPER           \
-  Input("l2_shrinkage: T")      \
-      .Input("beta: T")         \
-      .Input("lr_power: T")
-
-REGISTER_OP("ResourceApplyGroupFtrl")
-    .Input("var: resource")
-    .Input("accumulator: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_FTRL_HYPER.Input("grad: T")
-    .GL_ATTRS
-    .SetShapeFn(GL_DENSE_SHAPE(3, 7))
-    .Doc("Group FTRL (Keras's Ftrl plus l21) on every row of var, in place.");
-
-REGISTER_OP("ResourceSparseApplyGroupFtrl")
-    .Input("var: resource")
-    .Input("accumulator: resource")
-    .Input("linear: resource")
-    .GL_COMMON_HYPER.GL_FTRL_HYPER.Input("grad: T")
-    .Input("indices: Tindices")
-    .GL_ATTRS.GL_SPARSE_ATTRS
-    .SetShapeFn(GL_SPARSE_SHAPE(3, 7))
-    .Doc("Lazy Group FTRL step on the rows of var named by indices.");
+// Registered when the library is loaded, as REGISTER_OP would.
+[[maybe_unused]] static const bool kOpsRegistered = [] {
+#define GL_REGISTER_OPS(RULE) RegisterRuleOps<group_lasso::RULE>();
+  GROUP_LASSO_RULES(GL_REGISTER_OPS)
+#undef GL_REGISTER_OPS
+  return true;
+}();
 
 }  // namespace group_lasso_tf

@@ -2,17 +2,18 @@
 // without TensorFlow. Arrays are updated in place.
 //
 //   _core.apply_dense(rule, var, slots, grad, lr, l1, l21, l2, hyper,
-//                     nesterov=False, hessian=None)
+//                     flag=False, hessian=None)
 //   _core.apply_sparse(rule, var, slots, grad, indices, lr, l1, l21, l2,
-//                      hyper, nesterov=False, hessian=None)
+//                      hyper, flag=False, hessian=None)
 //
-// `rule` is one of RULES ("adam", "amsgrad", "adahessian", "adagrad",
-// "momentum", "ftrl"); "adahessian" requires `hessian`, the Hessian-diagonal
-// estimate shaped like grad, and the others refuse it;
-// `slots` lists the rule's slots in op order (linear last); `hyper` lists its
-// hyperparameters in op order (HYPER_NAMES[rule]). Everything is validated
-// before any array is written; errors are ValueError/TypeError naming the
-// argument.
+// `rule` is one of RULES, the rule table of cc/group_lasso/rules.h
+// (GROUP_LASSO_RULES); a rule that reads a Hessian estimate (HESSIAN_RULES)
+// requires `hessian`, the Hessian-diagonal estimate shaped like grad, and the
+// others refuse it; `slots` lists the rule's slots in op order (SLOT_NAMES,
+// linear last); `hyper` its hyperparameters in op order (HYPER_NAMES);
+// `flag` is the rule's boolean op attribute (FLAGS, e.g. use_nesterov).
+// Everything is validated before any array is written; errors are
+// ValueError/TypeError naming the argument.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -68,12 +69,13 @@ T* WritableData(py::array& a, const std::string& name) {
 template <typename Rule, typename T>
 void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
            py::object indices_in, double lr, double l1, double l21, double l2,
-           std::vector<double> hyper_in, bool nesterov, py::object hessian_in) {
+           std::vector<double> hyper_in, bool flag, py::object hessian_in) {
   const bool sparse = !indices_in.is_none();
   if (Rule::kUsesHessian == hessian_in.is_none()) {
     throw py::value_error(Rule::kUsesHessian
                               ? "hessian (the Hessian-diagonal estimate) is required by this rule"
-                              : "hessian is only accepted by the adahessian rule");
+                              : std::string("hessian is not accepted by the ") +
+                                    Rule::kName + " rule (it reads no Hessian estimate)");
   }
   if (static_cast<int>(slots.size()) != Rule::kNumSlots) {
     throw py::value_error("slots must hold " + std::to_string(Rule::kNumSlots) +
@@ -123,7 +125,7 @@ void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
     }
     if (rows == 0 || dim == 0) return;
     const auto config = group_lasso::MakeStepConfig<Rule, T>(
-        lr, l1, l21, l2, hyper, nesterov, dim);
+        lr, l1, l21, l2, hyper, flag, dim);
     const T* g = grad.data();
     py::gil_scoped_release release;
     group_lasso::ApplyDense(config, rows, dim, var_data, slot_data, g, h,
@@ -158,7 +160,7 @@ void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
   }
   if (n == 0 || dim == 0) return;
   const auto config = group_lasso::MakeStepConfig<Rule, T>(
-      lr, l1, l21, l2, hyper, nesterov, dim);
+      lr, l1, l21, l2, hyper, flag, dim);
   const T* g = grad.data();
   py::gil_scoped_release release;
   const auto groups = group_lasso::GroupIds(ids, n);
@@ -169,11 +171,11 @@ void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
 template <typename Rule>
 void Dispatch(py::array var, std::vector<py::array> slots, py::array grad,
               py::object indices, double lr, double l1, double l21, double l2,
-              std::vector<double> hyper, bool nesterov, py::object hessian) {
+              std::vector<double> hyper, bool flag, py::object hessian) {
   if (var.dtype().is(py::dtype::of<float>())) {
-    Apply<Rule, float>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
+    Apply<Rule, float>(var, slots, grad, indices, lr, l1, l21, l2, hyper, flag, hessian);
   } else if (var.dtype().is(py::dtype::of<double>())) {
-    Apply<Rule, double>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
+    Apply<Rule, double>(var, slots, grad, indices, lr, l1, l21, l2, hyper, flag, hessian);
   } else {
     throw py::type_error("var must have dtype float32 or float64, got " +
                          std::string(py::str(var.dtype())));
@@ -183,64 +185,67 @@ void Dispatch(py::array var, std::vector<py::array> slots, py::array grad,
 void ApplyByName(const std::string& rule, py::array var,
                  std::vector<py::array> slots, py::array grad,
                  py::object indices, double lr, double l1, double l21,
-                 double l2, std::vector<double> hyper, bool nesterov,
+                 double l2, std::vector<double> hyper, bool flag,
                  py::object hessian) {
-  if (rule == "adam") {
-    Dispatch<group_lasso::AdamRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
-  } else if (rule == "amsgrad") {
-    Dispatch<group_lasso::AMSGradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
-  } else if (rule == "adahessian") {
-    Dispatch<group_lasso::AdaHessianRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
-  } else if (rule == "adagrad") {
-    Dispatch<group_lasso::AdagradRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
-  } else if (rule == "momentum") {
-    Dispatch<group_lasso::MomentumRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
-  } else if (rule == "ftrl") {
-    Dispatch<group_lasso::FtrlRule>(var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
-  } else {
-    throw py::value_error("rule must be one of adam, amsgrad, adahessian, adagrad, momentum, ftrl; got " + rule);
-  }
-}
-
-template <typename Rule>
-std::vector<std::string> HyperNames() {
-  return std::vector<std::string>(Rule::kHyperNames, Rule::kHyperNames + Rule::kNumHyper);
+  std::string known;
+#define GL_DISPATCH(RULE)                                                                    \
+  if (rule == group_lasso::RULE::kName) {                                                    \
+    return Dispatch<group_lasso::RULE>(var, slots, grad, indices, lr, l1, l21, l2, hyper,    \
+                                       flag, hessian);                                       \
+  }                                                                                          \
+  known += std::string(known.empty() ? "" : ", ") + group_lasso::RULE::kName;
+  GROUP_LASSO_RULES(GL_DISPATCH)
+#undef GL_DISPATCH
+  throw py::value_error("rule must be one of " + known + "; got " + rule);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "The group-lasso row step of cc/group_lasso over NumPy arrays, in place.";
-  m.attr("RULES") = py::make_tuple("adam", "amsgrad", "adahessian", "adagrad", "momentum", "ftrl");
-  py::dict hyper_names;
-  hyper_names["adam"] = HyperNames<group_lasso::AdamRule>();
-  hyper_names["amsgrad"] = HyperNames<group_lasso::AMSGradRule>();
-  hyper_names["adahessian"] = HyperNames<group_lasso::AdaHessianRule>();
-  hyper_names["adagrad"] = HyperNames<group_lasso::AdagradRule>();
-  hyper_names["momentum"] = HyperNames<group_lasso::MomentumRule>();
-  hyper_names["ftrl"] = HyperNames<group_lasso::FtrlRule>();
+  // The rule table, as Python sees it (group_lasso_tf/rules.py is checked
+  // against these by tests/test_rule_table.py).
+  py::list rules, hessian_rules;
+  py::dict slot_names, hyper_names, flags;
+#define GL_DESCRIBE(RULE)                                                               \
+  {                                                                                     \
+    using R = group_lasso::RULE;                                                        \
+    rules.append(R::kName);                                                             \
+    if (R::kUsesHessian) hessian_rules.append(R::kName);                                \
+    slot_names[R::kName] = std::vector<std::string>(R::kSlotNames, R::kSlotNames + R::kNumSlots); \
+    std::vector<std::string> hyper;                                                     \
+    for (int k = 0; k < R::kNumHyper; ++k) hyper.push_back(R::kHyper[k].name);          \
+    hyper_names[R::kName] = hyper;                                                      \
+    flags[R::kName] = R::kFlag == nullptr ? py::object(py::none()) : py::str(R::kFlag); \
+  }
+  GROUP_LASSO_RULES(GL_DESCRIBE)
+#undef GL_DESCRIBE
+  m.attr("RULES") = py::tuple(rules);
+  m.attr("HESSIAN_RULES") = py::tuple(hessian_rules);
+  m.attr("SLOT_NAMES") = slot_names;
   m.attr("HYPER_NAMES") = hyper_names;
+  m.attr("FLAGS") = flags;
   m.def(
       "apply_dense",
       [](const std::string& rule, py::array var, std::vector<py::array> slots,
          py::array grad, double lr, double l1, double l21, double l2,
-         std::vector<double> hyper, bool nesterov, py::object hessian) {
-        ApplyByName(rule, var, slots, grad, py::none(), lr, l1, l21, l2, hyper, nesterov, hessian);
+         std::vector<double> hyper, bool flag, py::object hessian) {
+        ApplyByName(rule, var, slots, grad, py::none(), lr, l1, l21, l2, hyper, flag, hessian);
       },
       py::arg("rule"), py::arg("var"), py::arg("slots"), py::arg("grad"),
       py::arg("lr"), py::arg("l1"), py::arg("l21"), py::arg("l2"),
-      py::arg("hyper"), py::arg("nesterov") = false, py::arg("hessian") = py::none(),
+      py::arg("hyper"), py::arg("flag") = false, py::arg("hessian") = py::none(),
       "One step on every row of var (and its slots), in place.");
   m.def(
       "apply_sparse",
       [](const std::string& rule, py::array var, std::vector<py::array> slots,
          py::array grad, py::object indices, double lr, double l1, double l21,
-         double l2, std::vector<double> hyper, bool nesterov, py::object hessian) {
-        ApplyByName(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, nesterov, hessian);
+         double l2, std::vector<double> hyper, bool flag, py::object hessian) {
+        ApplyByName(rule, var, slots, grad, indices, lr, l1, l21, l2, hyper, flag, hessian);
       },
       py::arg("rule"), py::arg("var"), py::arg("slots"), py::arg("grad"),
       py::arg("indices"), py::arg("lr"), py::arg("l1"), py::arg("l21"),
-      py::arg("l2"), py::arg("hyper"), py::arg("nesterov") = false,
+      py::arg("l2"), py::arg("hyper"), py::arg("flag") = false,
       py::arg("hessian") = py::none(),
       "One lazy step on the rows named by indices (duplicates summed), in place.");
 }

@@ -2,6 +2,7 @@
 
 import keras
 
+from group_lasso_tf import rules
 from group_lasso_tf.optimizers import base
 
 
@@ -31,8 +32,7 @@ class GroupAdagrad(base.GroupLassoOptimizer):
         {{base_optimizer_keyword_args}}
     """
 
-    _rule = "adagrad"
-    _group_slot_names = ("accumulator", "linear")
+    _rule = rules.ADAGRAD
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
                  name="group_adagrad", **kwargs):

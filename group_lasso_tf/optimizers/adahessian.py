@@ -7,7 +7,8 @@ import threading
 import keras
 import tensorflow as tf
 
-from group_lasso_tf import reference
+from group_lasso_tf import rows as _rows
+from group_lasso_tf import rules
 from group_lasso_tf.optimizers import base
 
 
@@ -73,8 +74,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
         {{base_optimizer_keyword_args}}
     """
 
-    _rule = "adahessian"
-    _group_slot_names = ("momentum", "velocity", "linear")
+    _rule = rules.ADAHESSIAN
 
     def __init__(
         self,
@@ -251,19 +251,21 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
 
     def _hessian_update_step(self, gradient, hessian, variable, learning_rate):
         if self.update_every == 1:
-            return self._apply_step(gradient, variable, learning_rate, hessian=hessian)
+            return self._apply_step(gradient, variable, learning_rate,
+                                    base.StepExtras(gradient_like=[hessian]))
         if self._fused() is not None:
             # The fused ...Stored op reads or writes the stored estimate itself.
             store = self.get_slot(variable, "hessian_estimate")
-            return self._apply_step(gradient, variable, learning_rate, hessian=hessian,
-                                    stored=(store, self.estimation_step()))
+            return self._apply_step(gradient, variable, learning_rate, base.StepExtras(
+                gradient_like=[hessian], store=store, after=[self.estimation_step()]))
         hessian, writes = self._estimate_for_step(gradient, hessian, variable)
         with tf.control_dependencies(writes):
-            return self._apply_step(gradient, variable, learning_rate, hessian=hessian)
+            return self._apply_step(gradient, variable, learning_rate,
+                                    base.StepExtras(gradient_like=[hessian]))
 
     def _estimate_for_step(self, gradient, hessian, variable):
         """D for this step, and the write of the `hessian_estimate` slot, in TF
-        ops (the reference path; the fused ...Stored ops do the same).
+        ops (the tf_step path; the fused ...Stored ops do the same).
 
         On estimation steps: the fresh estimate, also stored. In between: the
         stored one, or |g| for rows with none yet (all zero). Both are
@@ -282,7 +284,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
         if isinstance(gradient, tf.IndexedSlices):
             indices = gradient.indices
             n = tf.shape(indices)[0]
-            run, first = reference.id_runs(indices)
+            run, first = _rows.id_runs(indices)
 
             def rows(t):
                 return tf.reshape(tf.cast(t, dtype), [n, -1])
@@ -304,7 +306,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
 
         hessian = tf.cast(hessian, dtype)
         cached = store.read_value()
-        as_rows = reference.as_rows
+        as_rows = _rows.as_rows
         grad_rows = as_rows(tf.cast(gradient, dtype))
         stored = tf.reshape(stored_or_abs_grad(as_rows(cached), grad_rows), tf.shape(cached))
         write = store.assign(tf.where(estimate, hessian, cached))
@@ -347,9 +349,9 @@ def _align_hessian(gradient, hessian):
     if isinstance(hessian, tf.IndexedSlices) and hessian.indices is gradient.indices:
         return hessian
     if isinstance(hessian, tf.IndexedSlices):
-        values = reference.rows_at(hessian.values, hessian.indices, gradient.indices)
+        values = _rows.rows_at(hessian.values, hessian.indices, gradient.indices)
     else:
-        first = reference.first_positions(gradient.indices)
+        first = _rows.first_positions(gradient.indices)
         gathered = tf.gather(tf.convert_to_tensor(hessian), gradient.indices)
         mask = tf.reshape(first, [-1] + [1] * (gathered.shape.rank - 1))
         values = tf.where(mask, gathered, tf.zeros_like(gathered))

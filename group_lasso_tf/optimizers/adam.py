@@ -2,6 +2,7 @@
 
 import keras
 
+from group_lasso_tf import rules
 from group_lasso_tf.optimizers import base
 
 
@@ -42,8 +43,8 @@ class GroupAdam(base.GroupLassoOptimizer):
         {{base_optimizer_keyword_args}}
     """
 
-    _rule = "adam"
-    _group_slot_names = ("momentum", "velocity", "linear")
+    _rule = rules.ADAM
+    _rule_variants = {"amsgrad": rules.AMSGRAD}
 
     def __init__(
         self,
@@ -56,13 +57,7 @@ class GroupAdam(base.GroupLassoOptimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.amsgrad = bool(amsgrad)
-        if self.amsgrad:
-            self._rule = "amsgrad"
-            self._group_slot_names = ("momentum", "velocity", "velocity_hat", "linear")
+        self._set_rule_hyper(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad)
 
     def _rule_hyper(self, dtype):
         return self._adam_moment_hyper(dtype)

@@ -2,6 +2,7 @@
 
 import keras
 
+from group_lasso_tf import rules
 from group_lasso_tf.optimizers import base
 from group_lasso_tf.optimizers.adam import GroupAdam
 
@@ -24,8 +25,7 @@ class GroupAMSGrad(GroupAdam):
         {{base_optimizer_keyword_args}}
     """
 
-    _rule = "amsgrad"
-    _group_slot_names = ("momentum", "velocity", "velocity_hat", "linear")
+    _rule = rules.AMSGRAD
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  name="group_amsgrad", **kwargs):

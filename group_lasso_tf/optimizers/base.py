@@ -2,35 +2,30 @@
 
 Each optimizer is a `keras.optimizers.Optimizer` whose `update_step` makes
 one call: the fused C++ op of its rule (dense, or sparse for
-`tf.IndexedSlices`), or `group_lasso_tf.reference` inside XLA or without the
-op library. Subclasses declare the rule, their slots and their
-hyperparameters; everything else (strengths, which variables are
-regularized, slot creation, dispatch, config) lives here.
+`tf.IndexedSlices`), or `group_lasso_tf.tf_step` inside XLA or without the
+op library. Subclasses declare their rule (an entry of `rules.py`, which
+names the slots, the op inputs and the attribute) and map their own
+arguments to the rule's hyperparameters; strengths and which variables get
+them live in `strengths.py`; slot creation, dispatch and config here.
 """
 
-import math
+import dataclasses
 import numbers
 import re
 import warnings
+from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from group_lasso_tf import ops as _ops
-from group_lasso_tf import reference
+from group_lasso_tf import reanchor, tf_step
+from group_lasso_tf.optimizers.strengths import (  # noqa: F401 (re-exported)
+    STRENGTH_NAMES, StrengthsMixin, check_strength)
+from group_lasso_tf.rows import as_rows
 
 _SUPPORTED_DTYPES = (tf.float32, tf.float64)
-
-# Python names TensorFlow generates for the ops ResourceApplyGroup<Name>.
-_OP_SUFFIX = {
-    "adam": "adam",
-    "amsgrad": "ams_grad",
-    "adahessian": "ada_hessian",
-    "adagrad": "adagrad",
-    "momentum": "momentum",
-    "ftrl": "ftrl",
-}
 
 base_group_lasso_keyword_args = """l1: The L1 strength (element-wise sparsity), >= 0. Defaults to `0.0`.
             Each strength is a float, a
@@ -82,54 +77,6 @@ base_group_lasso_keyword_args = """l1: The L1 strength (element-wise sparsity), 
             `LossScaleOptimizer` skips such steps instead."""
 
 
-def _check_strength(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a non-negative float, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}")
-    return float(value)
-
-
-STRENGTH_NAMES = ("l1", "l21", "l2")
-
-
-def _strength_spec(name, value):
-    """A strength as given: a float >= 0 (checked), or a callable of the step
-    (a schedule or a function)."""
-    if callable(value):
-        return value
-    return _check_strength(name, value)
-
-
-def _per_variable_entries(per_variable):
-    """`per_variable` as a list of (pattern or variable, {strength name: spec})."""
-    if per_variable is None:
-        return []
-    items = per_variable.items() if isinstance(per_variable, dict) else per_variable
-    entries = []
-    for item in items:
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(
-                "`per_variable` must be a dict {pattern: {strength: value}} or a list of "
-                f"(pattern or variable, dict) pairs; got the entry {item!r}")
-        key, overrides = item
-        if isinstance(key, str):
-            re.compile(key)
-        elif not hasattr(key, "shape"):
-            raise TypeError(f"`per_variable` keys must be regular expressions or variables, "
-                            f"got {key!r}")
-        if not isinstance(overrides, dict) or not overrides:
-            raise TypeError(f"`per_variable[{key!r}]` must be a non-empty dict of strengths, "
-                            f"got {overrides!r}")
-        unknown = set(overrides) - set(STRENGTH_NAMES)
-        if unknown:
-            raise ValueError(f"`per_variable[{key!r}]` names {sorted(unknown)}; only "
-                             f"{list(STRENGTH_NAMES)} can be set per variable")
-        entries.append((key, {n: _strength_spec(f"per_variable[{key!r}][{n!r}]", v)
-                              for n, v in overrides.items()}))
-    return entries
-
-
 def _check_accumulator(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
         raise ValueError(f"`{name}` must be >= 0, got {value!r}")
@@ -142,20 +89,22 @@ def _check_power(name, value):
     return value
 
 
-def _check_momentum(name, value):
+def check_unit_float(name, value):
+    """A float in [0, 1] (Keras's SGD checks its `momentum` so)."""
     if not isinstance(value, float) or value < 0 or value > 1:
         raise ValueError(f"`{name}` must be a float in [0, 1], got {value!r}")
     return value
 
 
-# Checks of the rules' own hyperparameters, by name (the others, such as
-# beta_1 or epsilon, may also be callables or tensors, as Keras allows).
+# Checks of the rules' own arguments, by name (the others, such as beta_1 or
+# epsilon, may also be callables or tensors, as Keras allows); an optimizer
+# adds its own in `_argument_checks`.
 _RULE_HYPER_CHECKS = {
     "initial_accumulator_value": _check_accumulator,
     "learning_rate_power": _check_power,
-    "momentum": _check_momentum,
-    "l2_shrinkage": _check_strength,
-    "beta": _check_strength,
+    "momentum": check_unit_float,
+    "l2_shrinkage": check_strength,
+    "beta": check_strength,
 }
 
 
@@ -225,52 +174,63 @@ def check_variable_dtypes(optimizer, var_list):
             )
 
 
-class GroupLassoMixin:
+@dataclasses.dataclass
+class StepExtras:
+    """Inputs of one step beyond the gradient, for rules that take more (the
+    hook through which AdaHessian passes its Hessian estimate).
+
+    gradient_like: tensors laid out like the gradient (`IndexedSlices` with
+        the gradient's indices for a sparse one), the op inputs after `grad`
+        (`hessian`).
+    store: a variable-shaped variable after the slots; selects the rule's
+        "...Stored" ops (`hessian_estimate`).
+    after: scalar inputs after `gradient_like` (`estimate`), with `store`.
+    """
+
+    gradient_like: Sequence = ()
+    store: Optional[object] = None
+    after: Sequence = ()
+
+
+class GroupLassoMixin(StrengthsMixin):
     """The part of a group optimizer that does not depend on the Keras version.
 
-    Strengths, which variables are regularized, the rule's inputs, the call
-    of the fused op (or of `reference`), re-anchoring and the finite checks.
-    `GroupLassoOptimizer` combines it with Keras 3's `Optimizer`,
-    `group_lasso_tf.tf_keras` with tf_keras's two bases. The host class
-    provides `get_slot(variable, name)`, `iterations`, `learning_rate` and
-    `_var_key(variable)`.
+    The rule's inputs, the call of the fused op (or of `tf_step`),
+    re-anchoring and the finite checks; strengths and variable selection come
+    from `StrengthsMixin`. `GroupLassoOptimizer` combines it with Keras 3's
+    `Optimizer`, `group_lasso_tf.tf_keras` with tf_keras's two bases. The
+    host class provides `get_slot(variable, name)`, `iterations`,
+    `learning_rate` and `_var_key(variable)`.
 
-    Subclasses set `_rule` and `_group_slot_names` (model-variable-shaped slots in
-    the op's order, the linear slot last) and implement `_rule_hyper(dtype)`,
-    the rule's hyperparameters as tensors in the op's order, reading only
-    plain attributes and `_local_step` (so the tf_keras classes reuse it).
+    Subclasses set `_rule` (a `rules.Rule`: slots, op inputs, attribute) and
+    implement `_rule_hyper(dtype)`, the rule's hyperparameters as tensors in
+    `_rule.hyper` order, reading only plain attributes and `_local_step` (so
+    the tf_keras classes reuse it); `_rule_flag()` gives the value of the
+    rule's op attribute, if it has one. `_rule_variants` maps a boolean
+    argument to the rule it selects (GroupAdam's `amsgrad`), and
+    `_argument_checks` checks of the class's own arguments by name (applied
+    by `_set_rule_hyper`, on every base).
     """
 
     _rule = None
-    _group_slot_names = ()
+    _rule_variants = {}
+    _argument_checks = {}
     _reanchor_outside_changes = True
+
+    @property
+    def _group_slot_names(self):
+        """The rule's slots, in op order, the linear slot last."""
+        return self._rule.slots
 
     def _init_group_lasso(self, l1=0.0, l21=0.0, l2=0.0, lazy=True, unregularized=None,
                           regularize_vectors=False, use_locking=True, check_numerics=False,
                           per_variable=None, regularize_dense=False):
-        self.l1 = _strength_spec("l1", l1)
-        self.l21 = _strength_spec("l21", l21)
-        self.l2 = _strength_spec("l2", l2)
-        self.per_variable = _per_variable_entries(per_variable)
-        # var key -> {strength name: optimizer variable (numbers) or callable}
-        self._strength_state = {}
+        self._init_strengths(l1, l21, l2, per_variable, unregularized, regularize_vectors,
+                             regularize_dense)
         self.lazy = bool(lazy)
-        if isinstance(unregularized, str):
-            unregularized = [unregularized]
-        self.unregularized = list(unregularized or [])
-        for pattern in self.unregularized:
-            if not isinstance(pattern, str):
-                raise TypeError(f"`unregularized` must hold strings, got {pattern!r}")
-            re.compile(pattern)
-        self.regularize_vectors = bool(regularize_vectors)
-        self.regularize_dense = bool(regularize_dense)
-        # var key -> True when its gradient is a dense tensor (seen in apply).
-        self._dense_gradient = {}
         self.use_locking = bool(use_locking)
         self.check_numerics = bool(check_numerics)
-        self._excluded_keys = set()
         self._dead_rows_warned = set()  # paths already warned of (_watch_dead_rows)
-        self._regularized = {}
 
     def _serialize_strength(self, spec):
         return keras.saving.serialize_keras_object(spec) if callable(spec) else spec
@@ -320,58 +280,16 @@ class GroupLassoMixin:
             "check_numerics": self.check_numerics,
         }
 
-    # ------------------------------------------------------------ variables
-    def exclude_from_regularization(self, var_list=None, var_names=None):
-        """Give these variables the plain update (all strengths zero).
-
-        Like `exclude_from_weight_decay`: call before the optimizer is built.
-
-        Args:
-            var_list: variables to exclude.
-            var_names: strings; a variable whose path or name contains a match
-                (`re.search`) is excluded.
-        """
-        if getattr(self, "built", False) or self._regularized:
-            raise ValueError(
-                "`exclude_from_regularization()` can only be called before the "
-                "optimizer is built."
-            )
-        self._excluded_keys.update(self._var_key(v) for v in (var_list or []))
-        self.unregularized.extend(var_names or [])
-
-    def _regularizable(self, variable):
-        """Regularized unless its gradients turn out dense (`_is_regularized`):
-        what the strength variables are made for, the same before and after
-        the first step (so that checkpoints hold the same variables)."""
-        key = self._var_key(variable)
-        if key not in self._regularized:
-            self._regularized[key] = self._matches_regularization(variable, key)
-        return self._regularized[key]
-
-    def _is_regularized(self, variable):
-        return self._regularizable(variable) and not (
-            self._dense_gradient.get(self._var_key(variable), False) and not self.regularize_dense
-            and len(variable.shape) >= 2 and self._per_variable_overrides(variable) is None)
-
-    def _record_gradient_kinds(self, grads, variables):
-        """Notes which variables get dense gradients (`regularize_dense`)."""
-        for g, v in zip(grads, variables):
-            if g is not None:
-                self._dense_gradient[self._var_key(v)] = not isinstance(g, tf.IndexedSlices)
-
-    def _matches_regularization(self, variable, key):
-        if key in self._excluded_keys:
-            return False
-        names = [getattr(variable, "path", None), getattr(variable, "name", None)]
-        for pattern in self.unregularized:
-            if any(n is not None and re.search(pattern, n) for n in names):
-                return False
-        return len(variable.shape) >= 2 or self.regularize_vectors
-
+    # ----------------------------------------------------------------- rule
     def _set_rule_hyper(self, **values):
-        """Checks and sets the rule's own hyperparameters (`beta_1`, `momentum`, ...)."""
+        """Checks and sets the rule's own arguments (`beta_1`, `momentum`, ...);
+        a true argument of `_rule_variants` (`amsgrad`) switches the rule."""
         for name, value in values.items():
-            check = _RULE_HYPER_CHECKS.get(name)
+            if name in self._rule_variants:
+                value = bool(value)
+                if value:
+                    self._rule = self._rule_variants[name]
+            check = self._argument_checks.get(name, _RULE_HYPER_CHECKS.get(name))
             setattr(self, name, check(name, value) if check else value)
 
     def _slot_initial_value(self, slot_name):
@@ -398,106 +316,12 @@ class GroupLassoMixin:
             hyper_tensor(self.epsilon, dtype),
         ]
 
+    def _rule_flag(self):
+        """The value of the rule's op attribute (`_rule.flag`)."""
+        return False
+
     def _op_attrs(self):
-        return {}
-
-    def _strength_specs(self, variable):
-        """{name: spec} of a regularized variable: the first matching
-        `per_variable` entry over the defaults."""
-        specs = {"l1": self.l1, "l21": self.l21, "l2": self.l2}
-        specs.update(self._per_variable_overrides(variable) or {})
-        return specs
-
-    def _per_variable_overrides(self, variable):
-        """The first `per_variable` entry matching `variable`, or None."""
-        names = [getattr(variable, "path", None), getattr(variable, "name", None)]
-        key = self._var_key(variable)
-        for pattern, overrides in self.per_variable:
-            if isinstance(pattern, str):
-                matched = any(n is not None and re.search(pattern, n) for n in names)
-            else:
-                matched = self._var_key(pattern) == key
-            if matched:
-                return overrides
-        return None
-
-    def _build_strengths(self, var_list):
-        """One optimizer variable (a float64 scalar) per number-valued
-        strength of each regularized variable: what `set_strength` and
-        `sparsity.SparsityTarget` change between steps. float64 so that the
-        values set are kept exactly (bench/strength_overhead.py: holding them
-        in the variable's own dtype instead, saving the cast, measured no
-        faster)."""
-        for v in var_list:
-            key = self._var_key(v)
-            if key in self._strength_state or not self._regularizable(v):
-                continue
-            state = {}
-            for name, spec in self._strength_specs(v).items():
-                state[name] = spec if callable(spec) else self._new_strength_variable(
-                    v, name, spec)
-            self._strength_state[key] = state
-
-    def _new_strength_variable(self, variable, name, value):
-        raise NotImplementedError
-
-    def _strengths(self, variable, dtype):
-        if not self._is_regularized(variable):
-            return [tf.zeros([], dtype)] * 3
-        state = self._strength_state.get(self._var_key(variable))
-        if state is None:  # not built for this variable: the specs as given
-            state = self._strength_specs(variable)
-        return [self._strength_tensor(state[name], dtype) for name in STRENGTH_NAMES]
-
-    def _strength_tensor(self, value, dtype):
-        if isinstance(value, numbers.Real):
-            return tf.constant(value, dtype)
-        if callable(value):
-            return tf.cast(value(self.iterations), dtype)
-        return tf.cast(value, dtype)
-
-    def strength_variable(self, variable, name="l21"):
-        """The optimizer variable (a float64 scalar) holding strength `name`
-        of `variable`, or None if `variable` is unregularized or that
-        strength is a schedule."""
-        if name not in STRENGTH_NAMES:
-            raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
-        if not self._is_regularized(variable):
-            return None
-        value = self._strength_state.get(self._var_key(variable), {}).get(name)
-        return None if value is None or callable(value) else value
-
-    def get_strength(self, variable, name="l21"):
-        """The current value (a float) of strength `name` of `variable`."""
-        if name not in STRENGTH_NAMES:
-            raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
-        return float(self._strengths(variable, tf.float64)[STRENGTH_NAMES.index(name)])
-
-    def set_strength(self, name, value, variables=None):
-        """Sets strength `name` to `value` (a float >= 0) for `variables`
-        (default: every regularized variable); takes effect at the next step,
-        without retracing. Raises if one of them holds a schedule."""
-        if name not in STRENGTH_NAMES:
-            raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
-        value = _check_strength(name, value)
-        if variables is None:
-            holders = [state[name] for state in self._strength_state.values()]
-            if not holders:
-                raise ValueError("set_strength: the optimizer is not built yet "
-                                 "(build it, or train one step, first)")
-        else:
-            holders = []
-            for v in variables:
-                state = self._strength_state.get(self._var_key(v))
-                if state is None:
-                    raise ValueError(f"set_strength: {getattr(v, 'path', v.name)!r} is not a "
-                                     "regularized variable of this (built) optimizer")
-                holders.append(state[name])
-        if any(callable(h) for h in holders):
-            raise ValueError(f"set_strength: `{name}` is a schedule or callable for some of "
-                             "these variables; it cannot be set")
-        for h in holders:
-            h.assign(value)
+        return {self._rule.flag: self._rule_flag()} if self._rule.flag else {}
 
     def _local_step(self, dtype):
         return tf.cast(self.iterations + 1, dtype)
@@ -527,10 +351,10 @@ class GroupLassoMixin:
             return
         if learning_rate is None:
             learning_rate = self.learning_rate
-        nesterov = self._op_attrs().get("use_nesterov", False)
+        flag = self._rule_flag()
         for variable in variables:
             var, slots, scalars, hyper = self._step_inputs(variable, learning_rate)
-            reference.reanchor_dense(self._rule, var, slots, *scalars, hyper, nesterov)
+            reanchor.reanchor_dense(self._rule, var, slots, *scalars, hyper, flag)
 
     def _last_step_learning_rate(self):
         """The learning rate of the step just applied (`iterations` has moved on)."""
@@ -543,7 +367,7 @@ class GroupLassoMixin:
         """(var, [rows, d] weights, [rows, d] slots, lr, l1, l21, l2, hyper) at the
         strengths and learning rate of the last step."""
         var, slots, scalars, hyper = self._step_inputs(variable, self._last_step_learning_rate())
-        rows = [reference.as_rows(t.read_value()) for t in [var] + slots]
+        rows = [as_rows(t.read_value()) for t in [var] + slots]
         return var, rows[0], rows[1:], scalars, hyper
 
     def survival_strengths(self, variable):
@@ -555,10 +379,8 @@ class GroupLassoMixin:
         var, slots, (lr, l1, l21, l2), hyper = self._step_inputs(
             variable, self._last_step_learning_rate())
         # Only the weights and the linear slot matter: the moments are not read.
-        x, linear = (reference.as_rows(t.read_value()) for t in (var, slots[-1]))
-        nesterov = self._op_attrs().get("use_nesterov", False)
-        return reference.survival_strengths(self._rule, x, [linear], lr, l1, l21, l2, hyper,
-                                            nesterov)
+        x, linear = (as_rows(t.read_value()) for t in (var, slots[-1]))
+        return tf_step.survival_strengths(self._rule, x, linear, lr, l1, l2, hyper)
 
     def shrink_rows(self, variables):
         """Re-applies the proximal step to every trained row of `variables` at
@@ -569,11 +391,10 @@ class GroupLassoMixin:
         `sparsity.SparsityTarget` does), this brings every row to the
         weights the new strengths give it, so that rows not touched since do
         not lag. Rows never trained keep their weights."""
-        nesterov = self._op_attrs().get("use_nesterov", False)
+        flag = self._rule_flag()
         for variable in variables:
             var, x, slots, (lr, l1, l21, l2), hyper = self._row_inputs(variable)
-            shrunk = reference.shrink_rows(self._rule, x, slots, lr, l1, l21, l2, hyper,
-                                           nesterov)
+            shrunk = tf_step.shrink_rows(self._rule, x, slots, lr, l1, l21, l2, hyper, flag)
             var.assign(tf.reshape(shrunk, tf.shape(var)))
 
     def _check_finite(self, tensors, variables, what):
@@ -611,65 +432,55 @@ class GroupLassoMixin:
         return result
 
     def _fused(self):
-        """The op library, or None where the reference path must run (XLA, no library)."""
+        """The op library, or None where `tf_step` must run (XLA, no library)."""
         return None if _in_xla_context() else _ops.fused_ops()
 
-    def _apply_step(self, gradient, variable, learning_rate, hessian=None, stored=None):
-        """One fused (or reference) step; `hessian` only for rules that read one.
+    def _apply_step(self, gradient, variable, learning_rate, extras=None):
+        """One fused (or `tf_step`) step of the rule on `variable`.
 
-        For an `IndexedSlices` gradient, `hessian` is an `IndexedSlices` with
-        the same indices (or None). `stored`: (variable, boolean tensor), the
-        stored Hessian estimate and whether this step estimates, for the
-        fused "...Stored" ops only (the caller handles the reference path).
+        `extras` (a `StepExtras`) carries inputs beyond the gradient, for
+        rules that take more (AdaHessian's estimate); `extras.store` needs the
+        fused ops (the caller handles the `tf_step` path).
         """
+        extras = extras or StepExtras()
         var, slots, (lr, l1, l21, l2), hyper = self._step_inputs(variable, learning_rate)
         dtype = var.dtype
+        gradient_like = list(extras.gradient_like)
         sparse_gradient = isinstance(gradient, tf.IndexedSlices)
         if sparse_gradient and not self.lazy:
             gradient = tf.convert_to_tensor(gradient)
-            if hessian is not None:
-                hessian = tf.convert_to_tensor(hessian)
+            gradient_like = [tf.convert_to_tensor(t) for t in gradient_like]
         fused = self._fused()
-        nesterov = self._op_attrs().get("use_nesterov", False)
-        suffix = _OP_SUFFIX[self._rule]
-        store_handles, after_hessian = [], []
-        if stored is not None:
+        flag = self._rule_flag()
+        store_handles = []
+        if extras.store is not None:
             if fused is None:
-                raise ValueError("a stored Hessian estimate needs the fused ops")
-            store_handles = [_resource_variable(stored[0], "hessian_estimate").handle]
-            after_hessian = [stored[1]]
-            suffix += "_stored"
-        extra = []
+                raise ValueError("a stored estimate needs the fused ops")
+            store_handles = [_resource_variable(extras.store, "store").handle]
+        dense_op, sparse_op = self._rule.op_names(stored=extras.store is not None)
         if isinstance(gradient, tf.IndexedSlices):
             values = tf.cast(gradient.values, dtype)
             indices = gradient.indices
             if indices.dtype not in (tf.int32, tf.int64):
                 raise TypeError(f"gradient indices must be int32 or int64, got {indices.dtype}")
-            if hessian is not None:
-                extra = [tf.cast(hessian.values, dtype)]
+            extra = [tf.cast(t.values, dtype) for t in gradient_like]
             if fused is None:
-                return reference.apply_sparse(
-                    self._rule, var, slots, values, indices, lr, l1, l21, l2, hyper, nesterov,
-                    *extra,
-                )
-            op = getattr(fused, f"resource_sparse_apply_group_{suffix}")
-            return op(
+                return tf_step.apply_sparse(self._rule, var, slots, values, indices, lr, l1, l21,
+                                            l2, hyper, flag, *extra)
+            return _ops.apply_op(sparse_op)(
                 var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2, *hyper,
-                values, *extra, *after_hessian, indices, use_locking=self.use_locking,
+                values, *extra, *extras.after, indices, use_locking=self.use_locking,
                 **self._op_attrs(),
             )
         grad = tf.cast(gradient, dtype)
-        if hessian is not None:
-            extra = [tf.cast(hessian, dtype)]
+        extra = [tf.cast(t, dtype) for t in gradient_like]
         if fused is None:
-            update = reference.apply_dense(
-                self._rule, var, slots, grad, lr, l1, l21, l2, hyper, nesterov, *extra
-            )
+            update = tf_step.apply_dense(self._rule, var, slots, grad, lr, l1, l21, l2, hyper,
+                                         flag, *extra)
         else:
-            op = getattr(fused, f"resource_apply_group_{suffix}")
-            update = op(
+            update = _ops.apply_op(dense_op)(
                 var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2, *hyper,
-                grad, *extra, *after_hessian, use_locking=self.use_locking, **self._op_attrs(),
+                grad, *extra, *extras.after, use_locking=self.use_locking, **self._op_attrs(),
             )
         if not sparse_gradient:
             self._watch_dead_rows(variable, var, update)
@@ -692,7 +503,7 @@ class GroupLassoMixin:
                 or _remote_workers()):
             return
         with tf.control_dependencies([update] if update is not None else []):
-            rows = reference.as_rows(var.read_value())
+            rows = as_rows(var.read_value())
         zero = tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(rows, 0), axis=1), tf.float32))
 
         def warn(fraction):

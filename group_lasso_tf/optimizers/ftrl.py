@@ -2,6 +2,7 @@
 
 import keras
 
+from group_lasso_tf import rules
 from group_lasso_tf.optimizers import base
 
 
@@ -35,14 +36,13 @@ class GroupFtrl(base.GroupLassoOptimizer):
         {{base_optimizer_keyword_args}}
     """
 
-    _rule = "ftrl"
+    _rule = rules.FTRL
     # Keras's Ftrl recomputes the weights from its linear slot every step; a
     # change made to them from outside (weight decay, an EMA overwrite, a
     # constraint) only enters through `- sigma * x` of the next linear update,
     # which the fused step does too: no re-anchoring (tests/test_optimizer_api.py
     # compares weight decay and EMA with Keras's Ftrl).
     _reanchor_outside_changes = False
-    _group_slot_names = ("accumulator", "linear")
 
     def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
                  initial_accumulator_value=0.1, l2_shrinkage=0.0, beta=0.0,

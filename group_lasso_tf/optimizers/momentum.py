@@ -2,6 +2,7 @@
 
 import keras
 
+from group_lasso_tf import rules
 from group_lasso_tf.optimizers import base
 
 
@@ -28,8 +29,7 @@ class GroupMomentum(base.GroupLassoOptimizer):
         {{base_optimizer_keyword_args}}
     """
 
-    _rule = "momentum"
-    _group_slot_names = ("momentum", "linear")
+    _rule = rules.MOMENTUM
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False,
                  name="group_momentum", **kwargs):
@@ -39,8 +39,8 @@ class GroupMomentum(base.GroupLassoOptimizer):
     def _rule_hyper(self, dtype):
         return [base.hyper_tensor(self.momentum, dtype)]
 
-    def _op_attrs(self):
-        return {"use_nesterov": self.nesterov}
+    def _rule_flag(self):
+        return self.nesterov
 
     def get_config(self):
         config = super().get_config()

@@ -3,8 +3,9 @@
     import group_lasso_tf.tf_keras as gl_tfk
     model.compile(optimizer=gl_tfk.GroupAdam(learning_rate=1e-3, l21=1e-4), ...)
 
-`GroupAdam`, `GroupAMSGrad`, `GroupAdagrad`, `GroupMomentum` and `GroupFtrl`
-here are built on `tf_keras.optimizers.Optimizer` (the default optimizer of
+Every optimizer of the package but `GroupAdaHessian` (`GroupAdam`,
+`GroupAMSGrad`, `GroupAdagrad`, `GroupMomentum`, `GroupFtrl`, ...) is here,
+built on `tf_keras.optimizers.Optimizer` (the default optimizer of
 tf_keras 2.11+); `group_lasso_tf.tf_keras.legacy` has the same on
 `tf_keras.optimizers.legacy.Optimizer` (OptimizerV2, what TF Recommenders-
 Addons, SOK and tfmot-era code use). Same math, the same fused ops and the
@@ -87,10 +88,9 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.Optimiz
         return config
 
 
-GroupAdam, GroupAMSGrad, GroupAdagrad, GroupMomentum, GroupFtrl = _common.rule_classes(
-    GroupLassoOptimizer, __name__, "group_lasso_tf")
+_RULE_CLASSES = _common.rule_classes(GroupLassoOptimizer, __name__, "group_lasso_tf")
+globals().update(_RULE_CLASSES)
 
 from group_lasso_tf.tf_keras import legacy  # noqa: E402
 
-__all__ = ["GroupAdagrad", "GroupAdam", "GroupAMSGrad", "GroupFtrl", "GroupLassoOptimizer",
-           "GroupMomentum", "legacy"]
+__all__ = sorted(_RULE_CLASSES) + ["GroupLassoOptimizer", "legacy"]

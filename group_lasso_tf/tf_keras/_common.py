@@ -1,8 +1,8 @@
 """What the tf_keras classes share: the rule of each Keras 3 optimizer, bound
 to one of tf_keras's two optimizer bases.
 
-A group optimizer's rule part (`_rule`, `_group_slot_names`, `_rule_hyper`,
-`_op_attrs` and the rule's own hyperparameters with their defaults) is
+A group optimizer's rule part (`_rule`, `_rule_variants`, `_argument_checks`,
+`_rule_hyper`, `_rule_flag` and the rule's own hyperparameters with their defaults) is
 declared once, by the Keras 3 class; `make_optimizer` puts it on a tf_keras
 base. `_rule_hyper` reads only plain attributes and `_local_step`, which
 every base provides.
@@ -23,16 +23,14 @@ except ImportError as e:  # pragma: no cover - exercised without tf_keras
 from group_lasso_tf import optimizers
 from group_lasso_tf.optimizers import base
 
-# Keras 3 class -> the names the tf_keras classes get. GroupAdaHessian is left
-# out: its Hessian-vector products need the train step of group_lasso_tf.hessian,
-# written for Keras 3.
-RULE_CLASSES = (
-    optimizers.GroupAdam,
-    optimizers.GroupAMSGrad,
-    optimizers.GroupAdagrad,
-    optimizers.GroupMomentum,
-    optimizers.GroupFtrl,
-)
+# The Keras 3 optimizers whose tf_keras twins are made: every one of
+# `group_lasso_tf.optimizers` but those whose rule reads a Hessian estimate
+# (GroupAdaHessian), whose Hessian-vector products need the train step of
+# group_lasso_tf.hessian, written for Keras 3.
+RULE_CLASSES = tuple(
+    cls for cls in (getattr(optimizers, name) for name in optimizers.__all__)
+    if issubclass(cls, base.GroupLassoOptimizer) and cls._rule is not None
+    and not cls._rule.uses_hessian)
 
 # The constructor arguments every group optimizer takes (GroupLassoOptimizer's).
 GROUP_ARGS = ("l1", "l21", "l2", "lazy", "unregularized", "regularize_vectors",
@@ -61,13 +59,8 @@ class TfKerasGroupMixin(base.GroupLassoMixin):
 
     def _init_rule(self, rule, group):
         self._init_group_lasso(**group)
-        if rule.pop("amsgrad", False):
-            self._rule = "amsgrad"
-            self._group_slot_names = ("momentum", "velocity", "velocity_hat", "linear")
         self._set_rule_hyper(**rule)
         self._rule_config = dict(rule)
-        if self._rule == "amsgrad" and "amsgrad" in self._rule_defaults:
-            self._rule_config["amsgrad"] = True
 
     def _serialize_strength(self, spec):
         return tf_keras.saving.serialize_keras_object(spec) if callable(spec) else spec
@@ -90,8 +83,9 @@ class TfKerasGroupMixin(base.GroupLassoMixin):
 
 
 def rule_classes(tf_keras_base, module, package):
-    """GroupAdam, GroupAMSGrad, GroupAdagrad, GroupMomentum, GroupFtrl on `tf_keras_base`."""
-    return tuple(make_optimizer(cls, tf_keras_base, module, package) for cls in RULE_CLASSES)
+    """{name: class} of every class of RULE_CLASSES on `tf_keras_base`."""
+    return {cls.__name__: make_optimizer(cls, tf_keras_base, module, package)
+            for cls in RULE_CLASSES}
 
 
 def make_optimizer(keras3_cls, tf_keras_base, module, package):
@@ -108,10 +102,11 @@ def make_optimizer(keras3_cls, tf_keras_base, module, package):
         "__module__": module,
         "__doc__": doc,
         "_rule": keras3_cls._rule,
-        "_group_slot_names": keras3_cls._group_slot_names,
+        "_rule_variants": keras3_cls._rule_variants,
+        "_argument_checks": keras3_cls._argument_checks,
         "_reanchor_outside_changes": keras3_cls._reanchor_outside_changes,
         "_rule_hyper": keras3_cls._rule_hyper,
-        "_op_attrs": keras3_cls._op_attrs,
+        "_rule_flag": keras3_cls._rule_flag,
         "_rule_defaults": defaults,
     }
     cls = type(keras3_cls.__name__, (tf_keras_base,), namespace)

@@ -76,8 +76,7 @@ class GroupLassoOptimizer(_common.TfKerasGroupMixin, tf_keras.optimizers.legacy.
         return config
 
 
-GroupAdam, GroupAMSGrad, GroupAdagrad, GroupMomentum, GroupFtrl = _common.rule_classes(
-    GroupLassoOptimizer, __name__, "group_lasso_tf.legacy")
+_RULE_CLASSES = _common.rule_classes(GroupLassoOptimizer, __name__, "group_lasso_tf.legacy")
+globals().update(_RULE_CLASSES)
 
-__all__ = ["GroupAdagrad", "GroupAdam", "GroupAMSGrad", "GroupFtrl", "GroupLassoOptimizer",
-           "GroupMomentum"]
+__all__ = sorted(_RULE_CLASSES) + ["GroupLassoOptimizer"]

@@ -156,7 +156,7 @@ const char* gl_gpu_device_name() {
   return name;
 }
 
-// rule: "adam", "amsgrad", "adahessian", "adagrad", "momentum" or "ftrl".
+// rule: the kName of a rule of the table (GROUP_LASSO_RULES in rules.h).
 // common: lr, l1, l21, l2; hyper: the rule's hyperparameters (HYPER_NAMES).
 // ms (may be null): mean time of one step over `repeats` steps on the device.
 int gl_gpu_apply(const char* rule, int is_double, int64_t rows, int64_t d, void* var,
@@ -164,18 +164,13 @@ int gl_gpu_apply(const char* rule, int is_double, int64_t rows, int64_t d, void*
                  const int64_t* ids, int64_t n, const double* common, const double* hyper,
                  int nesterov, int repeats, float* ms, char* err, int err_len) {
   const std::string r(rule);
-#define GL_RULE(NAME, RULE)                                                                \
-  if (r == NAME) {                                                                         \
+#define GL_RULE(RULE)                                                                      \
+  if (r == group_lasso::RULE::kName) {                                                     \
     return ApplyTyped<group_lasso::RULE>(is_double, rows, d, var, slots, grad, hess, store, \
                                          estimate, ids, n, common, hyper, nesterov, repeats, \
                                          ms, err, err_len);                                 \
   }
-  GL_RULE("adam", AdamRule)
-  GL_RULE("amsgrad", AMSGradRule)
-  GL_RULE("adahessian", AdaHessianRule)
-  GL_RULE("adagrad", AdagradRule)
-  GL_RULE("momentum", MomentumRule)
-  GL_RULE("ftrl", FtrlRule)
+  GROUP_LASSO_RULES(GL_RULE)
 #undef GL_RULE
   return Fail(err, err_len, "unknown rule " + r);
 }

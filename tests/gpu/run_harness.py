@@ -7,7 +7,7 @@ Needs nvcc and, to run, an NVIDIA GPU; not TensorFlow. The device code is
 cc/group_lasso/gpu_apply.cuh, the code the TensorFlow GPU kernels launch.
 Every optimizer, dense and sparse (duplicate ids, rows first touched late,
 an empty batch), float32 and float64, a 7-step sequence compared with the
-float64 NumPy reference of paper.md (tests/np_reference.py); then the
+float64 NumPy reference of docs/algorithm.md (tests/np_reference.py); then the
 sparse step's achieved bandwidth against the card's device-to-device copy.
 """
 
@@ -27,7 +27,9 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for np_reference
 
 import np_reference  # noqa: E402
 
-RULES = ("adam", "amsgrad", "adahessian", "adagrad", "momentum", "ftrl")
+# Every rule of the table (np_reference holds one entry per rule of
+# group_lasso_tf/rules.py; tests/test_rule_table.py checks it).
+RULES = tuple(np_reference.SLOTS)
 # Architectures of TensorFlow's CUDA builds that nvcc 12/13 still targets, with PTX for newer.
 GENCODE = ["-gencode", "arch=compute_75,code=sm_75", "-gencode", "arch=compute_80,code=sm_80",
            "-gencode", "arch=compute_90,code=[sm_90,compute_90]"]
@@ -89,7 +91,8 @@ def gpu_step(lib, rule, var, state, grad, ids, lr, l1, l21, l2, hp, t, hess=None
         ptr(None if hess is None else hess.ctypes.data), ptr(None), ctypes.c_int(1),
         ptr(None if ids_arr is None else ids_arr.ctypes.data),
         ctypes.c_int64(-1 if ids is None else len(ids_arr)), common, hyper_arr,
-        ctypes.c_int(bool(hp.get("nesterov"))), ctypes.c_int(repeats), ctypes.byref(ms), err,
+        ctypes.c_int(bool(hp.get("nesterov") or hp.get("centered"))),  # the rule's flag
+        ctypes.c_int(repeats), ctypes.byref(ms), err,
         ctypes.c_int(len(err)))
     if rc != 0:
         raise ValueError(err.value.decode())
