@@ -15,6 +15,7 @@ from group_lasso_tf.optimizers import (
     GroupFtrl,
     GroupLassoOptimizer,
     GroupMomentum,
+    GroupRMSprop,
 )
 from group_lasso_tf import hessian, pruning, sparsity
 from group_lasso_tf.ops import fused_available
@@ -29,6 +30,7 @@ __all__ = [
     "GroupFtrl",
     "GroupLassoOptimizer",
     "GroupMomentum",
+    "GroupRMSprop",
     "fused_available",
     "hessian",
     "pruning",

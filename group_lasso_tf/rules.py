@@ -138,6 +138,28 @@ def _ftrl_moments(g, x, slots, lr, hyper, flag, hess):
             _pow_neg(accumulator, lr_power) / lr)
 
 
+def _rmsprop_moments(g, x, slots, lr, hyper, flag, hess):
+    del x, hess
+    rho, momentum, epsilon = hyper
+    m, v, average_gradient = slots
+
+    def preconditioner(v, average_gradient):  # flag: centered
+        return tf.sqrt(v - average_gradient * average_gradient + epsilon if flag else v + epsilon)
+
+    p_old = preconditioner(v, average_gradient)
+    # As Keras writes them, so that zero strengths reproduce its bits.
+    v = rho * v + (1 - rho) * (g * g)
+    if flag:
+        average_gradient = rho * average_gradient + (1 - rho) * g
+    p_new = preconditioner(v, average_gradient)
+    # With momentum the buffer m' = mu m + lr g / p_new is the plain step:
+    # a = p_new m' makes x - a / p_new = x - m', Keras's update.
+    with_momentum = momentum > 0
+    m = tf.where(with_momentum, momentum * m + lr * g / p_new, m)
+    a = tf.where(with_momentum, p_new * m, lr * g)
+    return [m, v, average_gradient], a, p_old, p_new
+
+
 _ADAM_HYPER = ("beta1_power", "beta2_power", "beta1", "beta2", "epsilon")
 
 ADAM = Rule("adam", "GroupAdam", ("m", "v", "linear"), _ADAM_HYPER, _adam_moments)
@@ -152,8 +174,12 @@ MOMENTUM = Rule("momentum", "GroupMomentum", ("m", "linear"), ("momentum",),
 FTRL = Rule("ftrl", "GroupFtrl", ("accumulator", "linear"), ("l2_shrinkage", "beta", "lr_power"),
             _ftrl_moments, fresh_rows=False, lr_scaled=False)
 
+RMSPROP = Rule("rmsprop", "GroupRMSprop", ("m", "v", "average_gradient", "linear"),
+               ("rho", "momentum", "epsilon"), _rmsprop_moments, flag="centered")
+
 # Every rule, once, in the order of the C++ table (GROUP_LASSO_RULES).
-RULES = {rule.name: rule for rule in (ADAM, AMSGRAD, ADAHESSIAN, ADAGRAD, MOMENTUM, FTRL)}
+RULES = {rule.name: rule
+         for rule in (ADAM, AMSGRAD, ADAHESSIAN, ADAGRAD, MOMENTUM, FTRL, RMSPROP)}
 
 
 def get(rule):

@@ -14,6 +14,7 @@ SLOTS = {
     "adagrad": ("accumulator", "linear"),
     "momentum": ("m", "linear"),
     "ftrl": ("accumulator", "linear"),
+    "rmsprop": ("m", "v", "average_gradient", "linear"),
 }
 
 
@@ -50,6 +51,23 @@ def _moments(rule, g, x, state, lr, hp, t, hess=None):
         new["m"] = mu * state["m"] - lr * g
         a = -(mu * new["m"] - lr * g) if hp.get("nesterov") else -new["m"]
         p_old = p_new = np.ones_like(g)
+    elif rule == "rmsprop":
+        rho, mu, eps, centered = hp["rho"], hp["momentum"], hp["epsilon"], hp["centered"]
+
+        def precond(v, mg):
+            return np.sqrt(v - mg * mg + eps) if centered else np.sqrt(v + eps)
+
+        new["v"] = rho * state["v"] + (1 - rho) * g * g
+        new["average_gradient"] = (rho * state["average_gradient"] + (1 - rho) * g if centered
+                                   else state["average_gradient"])
+        p_old = precond(state["v"], state["average_gradient"])
+        p_new = precond(new["v"], new["average_gradient"])
+        if mu > 0:  # x' = x - m', m' = mu m + lr g / p_new
+            new["m"] = mu * state["m"] + lr * g / p_new
+            a = p_new * new["m"]
+        else:  # x' = x - lr g / p_new
+            new["m"] = state["m"]
+            a = lr * g
     elif rule == "ftrl":
         k = -hp["learning_rate_power"]
         new["accumulator"] = state["accumulator"] + g * g
@@ -144,6 +162,7 @@ BASE_HP = {
     "momentum": {"momentum": 0.875, "nesterov": False},
     "ftrl": {"learning_rate_power": -0.5, "l2_shrinkage": 0.0, "beta": 0.0,
              "initial_accumulator_value": 0.125},
+    "rmsprop": {"rho": 0.875, "momentum": 0.875, "epsilon": 2.0**-20, "centered": True},
 }
 
 
@@ -156,4 +175,6 @@ def hyper_list(rule, hp, t):
         return [hp["epsilon"]]
     if rule == "momentum":
         return [hp["momentum"]]
+    if rule == "rmsprop":
+        return [hp["rho"], hp["momentum"], hp["epsilon"]]
     return [hp["l2_shrinkage"], hp["beta"], hp["learning_rate_power"]]

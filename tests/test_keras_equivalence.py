@@ -30,6 +30,16 @@ CASES = {
     "ftrl_shrinkage": (gl.GroupFtrl, keras.optimizers.Ftrl,
                        dict(initial_accumulator_value=0.125, learning_rate_power=-0.5,
                             l2_shrinkage=0.0625, beta=0.5)),
+    # Keras's own example values (0.9 is not exact in float32: Keras's RMSprop
+    # multiplies its variables by the Python floats, which TensorFlow converts
+    # straight to float64).
+    "rmsprop": (gl.GroupRMSprop, keras.optimizers.RMSprop, dict(rho=0.9, epsilon=2.0**-20)),
+    "rmsprop_momentum": (gl.GroupRMSprop, keras.optimizers.RMSprop,
+                         dict(rho=0.9, momentum=0.9, epsilon=2.0**-20)),
+    "rmsprop_centered": (gl.GroupRMSprop, keras.optimizers.RMSprop,
+                         dict(rho=0.9, epsilon=2.0**-20, centered=True)),
+    "rmsprop_centered_momentum": (gl.GroupRMSprop, keras.optimizers.RMSprop,
+                                  dict(rho=0.9, momentum=0.9, epsilon=2.0**-20, centered=True)),
 }
 TOLERANCE = {"float32": 1e-5, "float64": 1e-6}
 

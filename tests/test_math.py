@@ -33,6 +33,9 @@ def make_problem(rng, rule, rows=16, dim=6):
         hp["nesterov"] = bool(rng.integers(2))
     if rule == "adahessian":
         hp["hessian_power"] = float(rng.choice([1.0, 0.5, 0.75]))
+    if rule == "rmsprop":
+        hp.update(rho=float(rng.uniform(0.8, 0.99)), centered=bool(rng.integers(2)),
+                  momentum=float(rng.choice([0.0, rng.uniform(0.5, 0.95)])))
     lr = float(rng.uniform(0.05, 0.3))
     if rule == "ftrl":
         hp.update(l2_shrinkage=float(rng.uniform(0, 0.1)), beta=float(rng.uniform(0, 0.5)),
@@ -40,7 +43,8 @@ def make_problem(rng, rule, rows=16, dim=6):
         strengths = dict(l1=float(rng.uniform(0, 0.05)), l21=float(rng.uniform(0.05, 0.2)),
                          l2=float(rng.uniform(0, 0.1)))
     else:
-        l21_range = (0.01, 0.04) if rule in ("adam", "amsgrad", "adahessian") else (0.1, 0.4)
+        l21_range = ((0.01, 0.04) if rule in ("adam", "amsgrad", "adahessian", "rmsprop")
+                     else (0.1, 0.4))
         strengths = dict(l1=float(rng.uniform(0, 0.05)), l21=float(rng.uniform(*l21_range)),
                          l2=float(rng.uniform(0, 0.1)))
     state = np_reference.initial_state(rule, var.shape, hp)

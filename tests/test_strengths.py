@@ -18,7 +18,7 @@ import np_reference as npr
 from harness import rel_err
 
 RULES = {"adam": gl.GroupAdam, "amsgrad": gl.GroupAMSGrad, "adagrad": gl.GroupAdagrad,
-         "momentum": gl.GroupMomentum, "ftrl": gl.GroupFtrl}
+         "momentum": gl.GroupMomentum, "ftrl": gl.GroupFtrl, "rmsprop": gl.GroupRMSprop}
 LR = 0.0625  # exactly representable: Keras keeps the learning rate in float32
 
 

@@ -25,7 +25,7 @@ from harness import rel_err
 
 BASES = {"optimizer": gl_tfk, "legacy": gl_tfk.legacy}
 RULES = {"adam": "GroupAdam", "amsgrad": "GroupAMSGrad", "adagrad": "GroupAdagrad",
-         "momentum": "GroupMomentum", "ftrl": "GroupFtrl"}
+         "momentum": "GroupMomentum", "ftrl": "GroupFtrl", "rmsprop": "GroupRMSprop"}
 LR = 0.0625  # exactly representable: tf_keras keeps the learning rate in float32
 
 
@@ -74,6 +74,7 @@ def _counterparts(base):
     ns = tf_keras.optimizers if base == "optimizer" else tf_keras.optimizers.legacy
     adam = dict(beta_1=0.875, beta_2=0.9990234375, epsilon=2.0**-20)
     ftrl = dict(initial_accumulator_value=0.125, learning_rate_power=-0.5)
+    rmsprop = dict(rho=0.875, momentum=0.875, epsilon=2.0**-20, centered=True)
     return {
         "adam": ("GroupAdam", adam, ns.Adam, adam),
         "amsgrad": ("GroupAMSGrad", adam, ns.Adam, dict(adam, amsgrad=True)),
@@ -83,11 +84,13 @@ def _counterparts(base):
         "nesterov": ("GroupMomentum", dict(momentum=0.875, nesterov=True), ns.SGD,
                      dict(momentum=0.875, nesterov=True)),
         "ftrl": ("GroupFtrl", ftrl, ns.Ftrl, ftrl),
+        "rmsprop": ("GroupRMSprop", rmsprop, ns.RMSprop, rmsprop),
     }
 
 
 @pytest.mark.parametrize("base", sorted(BASES))
-@pytest.mark.parametrize("case", ["adam", "amsgrad", "adagrad", "momentum", "nesterov", "ftrl"])
+@pytest.mark.parametrize("case", ["adam", "amsgrad", "adagrad", "momentum", "nesterov", "ftrl",
+                                  "rmsprop"])
 def test_zero_strengths_match_tf_keras(base, case, rng):
     """30 steps with a learning-rate schedule: the tf_keras optimizer, step for step."""
     name, kwargs, theirs_cls, their_kwargs = _counterparts(base)[case]

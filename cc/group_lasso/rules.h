@@ -322,6 +322,54 @@ struct FtrlRule : RuleDefaults {
   }
 };
 
+// Group RMSprop (Keras's RMSprop): v' = rho v + (1 - rho) g^2 and, centered,
+// average_gradient' = rho average_gradient + (1 - rho) g; p = sqrt(v + eps),
+// or sqrt(v - average_gradient^2 + eps) centered. Without momentum a = lr g;
+// with it the buffer m' = mu m + lr g / p_new is the plain step, so
+// a = p_new m' (then x - a / p_new = x - m', Keras's update).
+struct RMSpropRule : RuleDefaults {
+  static constexpr const char* kName = "rmsprop";
+  static constexpr const char* kOpName = "GroupRMSprop";
+  static constexpr const char* kSlotNames[] = {"m", "v", "average_gradient", "linear"};
+  static constexpr HyperSpec kHyper[] = {
+      {"rho", Range::kUnit}, {"momentum", Range::kUnit}, {"epsilon", Range::kNonNegative}};
+  static constexpr int kNumSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
+  static constexpr int kNumHyper = sizeof(kHyper) / sizeof(kHyper[0]);
+  static constexpr const char* kFlag = "centered";
+  template <typename T>
+  struct Params {
+    T lr, rho, one_minus_rho, momentum, epsilon;
+    bool centered;
+  };
+  template <typename T>
+  GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool centered) {
+    return {lr, hyper[0], T(1) - hyper[0], hyper[1], hyper[2], centered};
+  }
+  template <typename T>
+  GL_HOST_DEVICE static T Preconditioner(const Params<T>& p, T v, T average_gradient) {
+    return Sqrt(p.centered ? v - average_gradient * average_gradient + p.epsilon
+                           : v + p.epsilon);
+  }
+  template <typename T>
+  GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
+                                            SlotRows<T, kNumSlots> slot, int64_t j) {
+    T m = slot.row[0][j];
+    T v = slot.row[1][j];
+    T average_gradient = slot.row[2][j];
+    const T p_old = Preconditioner(p, v, average_gradient);
+    // As Keras writes them, so that zero strengths reproduce its bits.
+    v = p.rho * v + p.one_minus_rho * (g * g);
+    if (p.centered) average_gradient = p.rho * average_gradient + p.one_minus_rho * g;
+    const T p_new = Preconditioner(p, v, average_gradient);
+    const bool with_momentum = p.momentum > T(0);
+    if (with_momentum) m = p.momentum * m + p.lr * g / p_new;
+    slot.row[0][j] = m;
+    slot.row[1][j] = v;
+    slot.row[2][j] = average_gradient;
+    return {with_momentum ? p_new * m : p.lr * g, p_old, p_new};
+  }
+};
+
 // ---------------------------------------------------------------- the table
 // Every rule, once. X(Rule) is expanded for op and kernel registration (CPU
 // and GPU), the GPU functors and the pybind11 module.
@@ -331,7 +379,8 @@ struct FtrlRule : RuleDefaults {
   X(AdaHessianRule)          \
   X(AdagradRule)             \
   X(MomentumRule)            \
-  X(FtrlRule)
+  X(FtrlRule)                \
+  X(RMSpropRule)
 
 // The inputs of a rule's ops, in order: var, the slots (linear last), with
 // kStored the stored Hessian estimate, lr, l1, l21, l2, the rule's

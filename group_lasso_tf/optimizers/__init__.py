@@ -7,6 +7,7 @@ from group_lasso_tf.optimizers.amsgrad import GroupAMSGrad
 from group_lasso_tf.optimizers.base import GroupLassoOptimizer
 from group_lasso_tf.optimizers.ftrl import GroupFtrl
 from group_lasso_tf.optimizers.momentum import GroupMomentum
+from group_lasso_tf.optimizers.rmsprop import GroupRMSprop
 
 __all__ = [
     "GroupAdagrad",
@@ -16,4 +17,5 @@ __all__ = [
     "GroupFtrl",
     "GroupLassoOptimizer",
     "GroupMomentum",
+    "GroupRMSprop",
 ]
