@@ -97,6 +97,7 @@ METHODS = {
     "group_adagrad": group_step(gl.GroupAdagrad),
     "group_momentum": group_step(gl.GroupMomentum, momentum=0.9),
     "group_ftrl": group_step(gl.GroupFtrl),
+    "group_rmsprop": group_step(gl.GroupRMSprop, momentum=0.9, centered=True),
     "tf_sparse_ftrl": tf_raw_ftrl,
     "tf_sparse_adagrad": tf_raw_adagrad,
     "group_adam_reference": reference_step(gl.GroupAdam),

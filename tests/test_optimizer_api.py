@@ -218,10 +218,10 @@ def test_unsupported_variable_dtype_is_a_clear_error():
 
 
 def test_non_resource_variable_is_a_clear_error():
-    from group_lasso_tf.optimizers.base import _resource_variable
+    from group_lasso_tf.optimizers.base import resource_variable
 
     with pytest.raises(TypeError, match="resource variable"):
-        _resource_variable(tf.constant([1.0]), "variable")
+        resource_variable(tf.constant([1.0]), "variable")
 
 
 def test_pybind_module_validates_inputs():

@@ -272,7 +272,7 @@ class GroupAdaHessian(base.GroupLassoOptimizer):
         computed and one selected with tf.where: cheaper than a tf.cond per
         variable, whose switch and merge nodes cost more than these ops.
         """
-        store = base._resource_variable(self.get_slot(variable, "hessian_estimate"),
+        store = base.resource_variable(self.get_slot(variable, "hessian_estimate"),
                                         "hessian_estimate")
         dtype = store.dtype
         estimate = self.estimation_step()

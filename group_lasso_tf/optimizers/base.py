@@ -148,7 +148,7 @@ def _in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def _resource_variable(variable, what):
+def resource_variable(variable, what):
     """The tf.Variable behind a Keras variable, checked to be resource-backed."""
     if isinstance(variable, keras.Variable):
         variable = variable.value
@@ -328,10 +328,10 @@ class GroupLassoMixin(StrengthsMixin):
 
     def _step_inputs(self, variable, learning_rate):
         """The tf.Variable, its slots, and the op's scalar inputs."""
-        var = _resource_variable(variable, "variable")
+        var = resource_variable(variable, "variable")
         dtype = var.dtype
         slots = [
-            _resource_variable(self.get_slot(variable, name), f"slot {name!r}")
+            resource_variable(self.get_slot(variable, name), f"slot {name!r}")
             for name in self._group_slot_names
         ]
         scalars = [tf.cast(learning_rate, dtype)] + self._strengths(variable, dtype)
@@ -456,7 +456,7 @@ class GroupLassoMixin(StrengthsMixin):
         if extras.store is not None:
             if fused is None:
                 raise ValueError("a stored estimate needs the fused ops")
-            store_handles = [_resource_variable(extras.store, "store").handle]
+            store_handles = [resource_variable(extras.store, "store").handle]
         dense_op, sparse_op = self._rule.op_names(stored=extras.store is not None)
         if isinstance(gradient, tf.IndexedSlices):
             values = tf.cast(gradient.values, dtype)

@@ -47,13 +47,14 @@ class GroupRMSprop(base.GroupLassoOptimizer):
     """
 
     _rule = rules.RMSPROP
-    _argument_checks = {"rho": base.check_unit_float}
+    # Checked (and `centered` made a bool) on every base, tf_keras's included.
+    _argument_checks = {"rho": base.check_unit_float,
+                        "centered": lambda name, value: bool(value)}
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
                  name="group_rmsprop", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self._set_rule_hyper(rho=rho, momentum=momentum, epsilon=epsilon,
-                             centered=bool(centered))
+        self._set_rule_hyper(rho=rho, momentum=momentum, epsilon=epsilon, centered=centered)
 
     def _rule_hyper(self, dtype):
         return [base.hyper_tensor(self.rho, dtype), base.hyper_tensor(self.momentum, dtype),
