@@ -35,8 +35,8 @@ GENCODE = ["-gencode", "arch=compute_75,code=sm_75", "-gencode", "arch=compute_8
            "-gencode", "arch=compute_90,code=[sm_90,compute_90]"]
 
 
-def build(out_dir=None, gencode=GENCODE):
-    """Compiles harness.cu into a shared library; returns its path."""
+def build_command(out_dir=None, gencode=GENCODE):
+    """(nvcc command that compiles harness.cu into a shared library, its path)."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise RuntimeError("nvcc not found on PATH")
@@ -44,6 +44,12 @@ def build(out_dir=None, gencode=GENCODE):
     out = os.path.join(out_dir, "libgl_gpu_harness.so")
     cmd = [nvcc, "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC", "-I",
            os.path.join(ROOT, "cc"), *gencode, "-o", out, os.path.join(HERE, "harness.cu")]
+    return cmd, out
+
+
+def build(out_dir=None, gencode=GENCODE):
+    """Compiles harness.cu into a shared library; returns its path."""
+    cmd, out = build_command(out_dir, gencode)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError("nvcc failed:\n" + proc.stderr[-5000:])

@@ -45,32 +45,77 @@ CHECK_GENCODE = ["-gencode", "arch=compute_80,code=sm_80"]
 TF_QUIET = ["-Wno-deprecated-declarations", "--param", "destructive-interference-size=128"]
 
 
+def _check(returncode, stderr):
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert returncode == 0, "\n".join(errors[:40]) or stderr[-5000:]
+
+
 def _run(cmd):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert proc.returncode == 0, "\n".join(errors[:40]) or proc.stderr[-5000:]
+    _check(proc.returncode, proc.stderr)
 
 
-def test_tensorflow_gpu_kernels_compile_and_link(tmp_path):
+def _start(cmd):
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+
+
+def _wait(proc):
+    _check(proc.wait(), proc.stderr.read())
+
+
+def _run_all(cmds):
+    """Runs the compile commands two at a time (CI has 2 cores; each compiler
+    is single-threaded), failing on the first error."""
+    running = []
+    for cmd in cmds:
+        if len(running) == 2:
+            _wait(running.pop(0))
+        running.append(_start(cmd))
+    for proc in running:
+        _wait(proc)
+
+
+# The standalone harness, compiled beside the TensorFlow kernels when the first
+# test starts (its fixture waits for it), so that both use the two cores.
+_HARNESS_BUILD = {}
+
+
+def _harness_gencode():
+    return (run_harness.GENCODE if os.environ.get("GROUP_LASSO_TF_GPU_FULL_GENCODE")
+            else CHECK_GENCODE)
+
+
+def _start_harness_build(out_dir):
+    if "proc" not in _HARNESS_BUILD:
+        cmd, path = run_harness.build_command(str(out_dir), gencode=_harness_gencode())
+        _HARNESS_BUILD.update(proc=_start(cmd), path=path)
+
+
+def test_tensorflow_gpu_kernels_compile_and_link(tmp_path, tmp_path_factory):
     import tensorflow as tf
 
     nvcc = cuda_build.find_nvcc()
     home = cuda_build.cuda_home(nvcc)
     shim = cuda_build.cuda_include_shim(str(tmp_path), home)
     cflags = tf.sysconfig.get_compile_flags()
-    objects = []
-    for source in sorted(glob.glob(os.path.join(ROOT, "cc", "kernels", "*.cu.cc"))):
+    objects, commands = [], []
+    cuda_sources = sorted(glob.glob(os.path.join(ROOT, "cc", "kernels", "*.cu.cc")))
+    assert cuda_sources, "no .cu.cc kernels found"
+    for source in cuda_sources:
         obj = str(tmp_path / (os.path.basename(source) + ".o"))
-        _run(cuda_build.nvcc_compile_command(nvcc, source, obj, cflags, ["cc", shim],
-                                             gencode=CHECK_GENCODE))
+        commands.append(cuda_build.nvcc_compile_command(nvcc, source, obj, cflags, ["cc", shim],
+                                                        gencode=CHECK_GENCODE))
         objects.append(obj)
-    assert objects, "no .cu.cc kernels found"
     for source, defines in (("cc/kernels/group_lasso_kernels.cc", ["-DGOOGLE_CUDA=1"]),
                             ("cc/ops/group_lasso_ops.cc", [])):
         obj = str(tmp_path / (os.path.basename(source) + ".o"))
-        _run(["g++", "-c", "-std=c++17", "-O1", "-fPIC", *defines, "-Icc", "-I" + shim,
-              "-I" + os.path.join(home, "include"), *TF_QUIET, *cflags, source, "-o", obj])
+        commands.append(["g++", "-c", "-std=c++17", "-O1", "-fPIC", *defines, "-Icc",
+                         "-I" + shim, "-I" + os.path.join(home, "include"), *TF_QUIET, *cflags,
+                         source, "-o", obj])
         objects.append(obj)
+    _start_harness_build(tmp_path_factory.mktemp("harness"))
+    _run_all(commands)
     library = str(tmp_path / "_ops_gpu.so")
     lib_dirs = ["-L" + os.path.join(home, d) for d in ("lib64", "lib")
                 if os.path.isdir(os.path.join(home, d))]
@@ -81,10 +126,9 @@ def test_tensorflow_gpu_kernels_compile_and_link(tmp_path):
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    path = run_harness.build(str(tmp_path_factory.mktemp("harness")), gencode=CHECK_GENCODE
-                             if not os.environ.get("GROUP_LASSO_TF_GPU_FULL_GENCODE")
-                             else run_harness.GENCODE)
-    return run_harness.load(path)
+    _start_harness_build(tmp_path_factory.mktemp("harness"))
+    _wait(_HARNESS_BUILD["proc"])
+    return run_harness.load(_HARNESS_BUILD["path"])
 
 
 def test_standalone_harness_builds_and_loads(harness):
