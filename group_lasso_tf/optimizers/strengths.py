@@ -65,7 +65,6 @@ def _per_variable_entries(per_variable):
     return entries
 
 
-
 class StrengthsMixin:
     """Variable selection and per-variable strengths of `GroupLassoMixin`.
 
