@@ -165,7 +165,9 @@ def _extensions():
         exts.append(
             Extension(
                 "group_lasso_tf._ops",
-                sources=["cc/ops/group_lasso_ops.cc", "cc/kernels/group_lasso_kernels.cc"],
+                sources=["cc/ops/group_lasso_ops.cc", "cc/kernels/group_lasso_kernels.cc",
+                         "cc/ops/dynamic_embedding_ops.cc",
+                         "cc/kernels/dynamic_embedding_kernels.cc"],
                 depends=headers,
                 include_dirs=["cc"],
                 extra_compile_args=CXX_FLAGS + _sanitize_flags(undefined=False),

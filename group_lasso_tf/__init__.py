@@ -17,7 +17,7 @@ from group_lasso_tf.optimizers import (
     GroupMomentum,
     GroupRMSprop,
 )
-from group_lasso_tf import hessian, pruning, sparsity
+from group_lasso_tf import hessian, layers, pruning, sparsity
 from group_lasso_tf.ops import fused_available
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "GroupRMSprop",
     "fused_available",
     "hessian",
+    "layers",
     "pruning",
     "sparsity",
 ]

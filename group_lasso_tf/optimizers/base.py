@@ -21,6 +21,7 @@ from tensorflow.python.ops import control_flow_util
 
 from group_lasso_tf import ops as _ops
 from group_lasso_tf import reanchor, tf_step
+from group_lasso_tf.layers import dynamic_index
 from group_lasso_tf.optimizers.strengths import (  # noqa: F401 (re-exported)
     STRENGTH_NAMES, StrengthsMixin, check_strength)
 from group_lasso_tf.rows import as_rows
@@ -467,11 +468,25 @@ class GroupLassoMixin(StrengthsMixin):
             if fused is None:
                 return tf_step.apply_sparse(self._rule, var, slots, values, indices, lr, l1, l21,
                                             l2, hyper, flag, *extra)
-            return _ops.apply_op(sparse_op)(
-                var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2, *hyper,
-                values, *extra, *extras.after, indices, use_locking=self.use_locking,
-                **self._op_attrs(),
-            )
+            table = dynamic_index(variable)
+            if table is None:
+                return _ops.apply_op(sparse_op)(
+                    var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2,
+                    *hyper, values, *extra, *extras.after, indices, use_locking=self.use_locking,
+                    **self._op_attrs())
+            # A DynamicEmbedding pool: slots of rows that eviction gave to a new
+            # id are cleared first; rows the update zeroes are freed after it.
+            clear = fused.group_lasso_dynamic_clear_stale(
+                *table.index_handles(), [s.handle for s in slots], indices, T=dtype)
+            with tf.control_dependencies([clear]):
+                update = _ops.apply_op(sparse_op)(
+                    var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2,
+                    *hyper, values, *extra, *extras.after, indices, use_locking=self.use_locking,
+                    **self._op_attrs())
+            with tf.control_dependencies([update]):
+                released = fused.group_lasso_dynamic_release(
+                    *table.index_handles(), var.handle, [s.handle for s in slots], indices, T=dtype)
+            return tf.group(released)
         grad = tf.cast(gradient, dtype)
         extra = [tf.cast(t, dtype) for t in gradient_like]
         if fused is None:
