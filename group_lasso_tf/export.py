@@ -3,7 +3,8 @@
     python -m group_lasso_tf.export SRC.keras DST [--drop-never-trained]
 
 writes a SavedModel for TF Serving in which every `keras.layers.Embedding`
-table keeps only its non-zero rows. Original ids map to compact rows through a
+table keeps only its non-zero rows, and every `layers.DynamicEmbedding` becomes
+a compact static table of its live, non-zero rows. Original ids map to compact rows through a
 `tf.lookup.StaticHashTable` (stock TensorFlow ops); ids of removed rows, and
 ids unknown to the table, gather the zero vector. A zero row gathered is a
 zero row, so predictions equal the unpruned model's, bit for bit. The
@@ -28,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from group_lasso_tf import sparsity as _sparsity
+from group_lasso_tf.layers import DynamicEmbedding
 
 
 @keras.saving.register_keras_serializable(package="group_lasso_tf")
@@ -53,7 +55,9 @@ class PrunedEmbedding(keras.layers.Layer):
             trainable=False,
             name="compact_table",
         )
-        self._lookup = tf.lookup.StaticHashTable(
+        # A table with no kept row has nothing to look up (and TensorFlow's
+        # static tables cannot be empty): every id reads the zero row.
+        self._lookup = None if not len(kept_ids) else tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(kept_ids, tf.int64), tf.range(len(kept_ids), dtype=tf.int64)
             ),
@@ -61,8 +65,10 @@ class PrunedEmbedding(keras.layers.Layer):
         )
 
     def call(self, ids):
-        rows = self._lookup.lookup(tf.cast(ids, tf.int64))
-        return tf.gather(self.table, rows)
+        ids = tf.cast(ids, tf.int64)
+        if self._lookup is None:
+            return tf.gather(self.table, tf.zeros_like(ids))
+        return tf.gather(self.table, self._lookup.lookup(ids))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
@@ -111,6 +117,11 @@ def pruned_model(model, drop_never_trained=False, optimizer=None):
     tables = {}
 
     def clone(layer):
+        if isinstance(layer, DynamicEmbedding):
+            keys, value = layer.live_rows()
+            keep = np.any(value != 0, axis=1)
+            tables[layer.name] = (layer.capacity, int(keep.sum()))
+            return PrunedEmbedding(keys[keep], value[keep], name=layer.name)
         if not isinstance(layer, keras.layers.Embedding):
             return layer.__class__.from_config(layer.get_config())
         value = keras.ops.convert_to_numpy(layer.embeddings)
@@ -124,7 +135,7 @@ def pruned_model(model, drop_never_trained=False, optimizer=None):
 
     serving = keras.models.clone_model(model, clone_function=clone)
     for old, new in zip(model.layers, serving.layers):
-        if not isinstance(old, keras.layers.Embedding) and old.weights:
+        if not isinstance(old, (keras.layers.Embedding, DynamicEmbedding)) and old.weights:
             new.set_weights(old.get_weights())
     return serving, tables
 

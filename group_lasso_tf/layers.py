@@ -10,6 +10,7 @@ saved and restored with the model (`model.save`, `tf.train.Checkpoint`).
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from group_lasso_tf import ops as _ops
@@ -166,6 +167,12 @@ class DynamicEmbedding(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
+
+    def live_rows(self):
+        """(keys, rows): the ids holding a row and their pool rows (NumPy)."""
+        state = keras.ops.convert_to_numpy(self.row_state)
+        live = np.flatnonzero(state[:, 1] != 0)
+        return state[live, 0].copy(), keras.ops.convert_to_numpy(self.embeddings)[live]
 
     def table_stats(self):
         """{live, capacity, admitted, released, evicted, dropped}: Python ints."""

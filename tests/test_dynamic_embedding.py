@@ -257,3 +257,27 @@ def test_threads_looking_up_and_updating_one_table_keep_it_consistent(rng):
     assert sorted(bound[:, 1] - 1) == sorted(live_rows.tolist())
     np.testing.assert_array_equal(row_state[bound[:, 1] - 1, 0], bound[:, 0])
     assert layer.table_stats()["live"] == len(live_rows)
+
+
+def test_export_writes_a_compact_static_table(rng, tmp_path):
+    """The served model: stock ops only, predictions bit-equal to the
+    dynamic model's inference; unknown and released ids read zeros."""
+    from group_lasso_tf.export import export_pruned
+
+    keras.utils.set_random_seed(int(rng.integers(2**31)))
+    x = _keys(rng, 60)[rng.integers(0, 60, size=(256, 2))]
+    y = rng.normal(size=(256, 1)).astype(np.float32)
+    model = _model(32)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    layer = model.get_layer("dyn")
+    keys, _ = layer.live_rows()
+    report = export_pruned(model, str(tmp_path / "served"))
+    assert report.tables["dyn"][0] == 32 and report.tables["dyn"][1] <= len(keys)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    probe = np.concatenate([x[:64], _keys(rng, 2 * 8).reshape(8, 2)])  # unknown ids too
+    ours = served.serve(tf.constant(probe)).numpy()
+    np.testing.assert_array_equal(ours, model.predict(probe, verbose=0))
+    graph = served.signatures["serving_default"].graph
+    ops_used = {op.type for op in graph.get_operations()}
+    ops_used |= {node.op for f in graph.as_graph_def().library.function for node in f.node_def}
+    assert not any(t.startswith(("GroupLasso", "ResourceSparseApplyGroup")) for t in ops_used)

@@ -142,6 +142,20 @@ def _partly_trained_embedding():
     return model
 
 
+def test_table_with_every_row_zero_exports(tmp_path):
+    """A fixed table the group lasso emptied exports too (TensorFlow's static
+    tables cannot be empty): every id reads zeros, as in the trained model."""
+    inputs = keras.Input(shape=(3,), dtype="int64")
+    x = keras.layers.Embedding(10, 4, embeddings_initializer="zeros", name="emb")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+    report = export.export_pruned(model, str(tmp_path / "served"))
+    assert report.tables["emb"] == (10, 0)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    ids = np.array([[0, 3, 9], [1, 2, 5]], np.int64)
+    np.testing.assert_array_equal(served.serve(tf.constant(ids)).numpy(),
+                                  model.predict(ids, verbose=0))
+
+
 def test_never_trained_rows_reported_and_optionally_dropped(tmp_path):
     model = _partly_trained_embedding()
     stats = sparsity.embedding_sparsity(model)
