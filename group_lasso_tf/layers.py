@@ -181,6 +181,12 @@ class DynamicEmbedding(keras.layers.Layer):
         out["capacity"] = self.capacity
         return out
 
+    def sparsity(self):
+        """1 - live / (admitted - evicted): the fraction of the ids given a row
+        (and not evicted) whose row the group lasso has freed."""
+        stats = self.table_stats()
+        return 1.0 - stats["live"] / max(stats["admitted"] - stats["evicted"], 1)
+
     def get_config(self):
         config = super().get_config()
         config.update({

@@ -106,6 +106,14 @@ def model_sparsity(model, optimizer=None, embeddings_only=False):
     return out
 
 
+def dynamic_tables(model):
+    """The `layers.DynamicEmbedding` layers of `model` (nested ones included)."""
+    from group_lasso_tf.layers import DynamicEmbedding
+
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, DynamicEmbedding)]
+
+
 def embedding_sparsity(model, optimizer=None):
     """Like `model_sparsity`, for the tables of `keras.layers.Embedding` layers only."""
     return model_sparsity(model, optimizer, embeddings_only=True)
@@ -118,8 +126,10 @@ class SparsityLogger(keras.callbacks.Callback):
     `embeddings_only=True`) it adds `sparsity/<variable path>` (fraction of zero
     rows) and `zero_params/<variable path>` (count of zero elements) to the
     epoch logs, plus `sparsity/embeddings` (zero rows over counted rows of
-    all embedding tables) and, with `log_dir`, writes the same as `tf.summary`
-    scalars there.
+    all embedding tables); for each `layers.DynamicEmbedding`,
+    `sparsity/<layer name>` (its `sparsity()`: freed over admitted ids) and
+    `table/<layer name>/<stat>` for the counters of its `table_stats()`. With
+    `log_dir`, it writes the same as `tf.summary` scalars there.
     """
 
     def __init__(self, log_dir=None, embeddings_only=False):
@@ -136,6 +146,9 @@ class SparsityLogger(keras.callbacks.Callback):
         values.update({f"zero_params/{path}": s.zero_params for path, s in stats.items()})
         if tables:
             values["sparsity/embeddings"] = overall_sparsity(tables)
+        for layer in dynamic_tables(self.model):
+            values[f"sparsity/{layer.name}"] = layer.sparsity()
+            values.update({f"table/{layer.name}/{k}": v for k, v in layer.table_stats().items()})
         logs.update(values)
         if self.log_dir:
             import tensorflow as tf

@@ -191,6 +191,13 @@ def test_checkpoint_and_keras_file_restore_index_pool_and_slots(rng, tmp_path):
     path = ckpt.write(str(tmp_path / "ckpt"))
     model.save(str(tmp_path / "m.keras"))
     stats = model.get_layer("dyn").table_stats()
+    logs = {}
+    logger = gl.sparsity.SparsityLogger()
+    logger.set_model(model)
+    logger.on_epoch_end(0, logs)
+    assert logs["table/dyn/live"] == stats["live"] and logs["table/dyn/capacity"] == 24
+    assert logs["sparsity/dyn"] == pytest.approx(
+        1 - stats["live"] / (stats["admitted"] - stats["evicted"]))
     assert stats["live"] > 0
     loaded = keras.models.load_model(str(tmp_path / "m.keras"))
     assert loaded.get_layer("dyn").table_stats() == stats
