@@ -65,7 +65,7 @@ class DynamicEmbedding(keras.layers.Layer):
         on_full: `"drop"` (default) or `"evict_lru"`.
         pending_capacity: Ids counted towards `min_count` at once (the
             counts are forgotten when more are pending). Defaults to
-            `4 * capacity`.
+            `capacity` (unused with `min_count=1`).
 
     Lookups with `training=False` (`predict`, `evaluate`) admit nothing and
     change nothing: ids without a row read zeros. Call it on an integer
@@ -84,7 +84,7 @@ class DynamicEmbedding(keras.layers.Layer):
             raise ValueError(f"`on_full` must be one of {ON_FULL}, got {on_full!r}")
         self.on_full = on_full
         self.pending_capacity = _positive_int(
-            "pending_capacity", 4 * self.capacity if pending_capacity is None else pending_capacity)
+            "pending_capacity", self.capacity if pending_capacity is None else pending_capacity)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self._seed_generator = keras.random.SeedGenerator()
         # Its state as an attribute, so that tf.train.Checkpoint saves it too:
@@ -117,7 +117,9 @@ class DynamicEmbedding(keras.layers.Layer):
         self.embeddings = self.add_weight(shape=(self.capacity + 1, self.output_dim),
                                           initializer="zeros", name="embeddings")
         table_size = _power_of_two_at_least(2 * self.capacity)
-        pending_size = _power_of_two_at_least(2 * self.pending_capacity)
+        # Sightings are only counted when min_count > 1.
+        pending_size = (_power_of_two_at_least(2 * self.pending_capacity) if self.min_count > 1
+                        else 1)
         # Attributes, so that Keras and tf.train.Checkpoint track them.
         for name, shape in (("key_table", (table_size, 2)), ("row_state", (self.capacity, 3)),
                             ("free_rows", (self.capacity,)), ("pending", (pending_size, 2)),

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.bench
 @pytest.mark.parametrize("script", ["sparse_update.py", "dense_update.py", "embedding_fit.py",
                                     "deepfm_e2e.py", "quality.py", "adahessian_cost.py",
                                     "sparsity_target.py", "strength_overhead.py",
-                                    "steering_cost.py", "l21_sweep.py"])
+                                    "steering_cost.py", "l21_sweep.py",
+                                    "dynamic_embedding.py"])
 def test_quick_benchmark_runs(script, tmp_path):
     writes = script in ("quality.py", "sparsity_target.py", "l21_sweep.py")
     args = ["--quick"] + (["--out", str(tmp_path)] if writes else [])
