@@ -3,6 +3,7 @@
     python examples/criteo_deepfm.py [--optimizer adam|amsgrad|adahessian|adagrad|momentum|ftrl]
                                      [--lr LR] [--l1 L1] [--l21 L21] [--epochs N]
                                      [--mixed-precision mixed_float16|mixed_bfloat16]
+                                     [--dynamic [--capacity ROWS]]
 
 One embedding table per categorical field (a row per feature id). The group
 lasso removes whole rows, i.e. feature ids, while training; the script prints
@@ -11,10 +12,14 @@ the model is wrapped by `group_lasso_tf.hessian.wrap`, whose `fit` also
 computes the Hessian-diagonal estimates GroupAdaHessian needs. With
 `--mixed-precision`, layers compute in float16/bfloat16 with float32
 variables (and, for float16, Keras wraps the optimizer in a
-`LossScaleOptimizer`, which skips steps with non-finite gradients).
+`LossScaleOptimizer`, which skips steps with non-finite gradients). With
+`--dynamic`, there is no vocabulary pass: each field's raw values are hashed
+to int64 ids (`group_lasso_tf.layers.fingerprint`) and looked up in a
+`DynamicEmbedding` of `--capacity` rows, whose rows the group lasso frees.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -43,14 +48,25 @@ DEFAULT_LR = {"adam": 2e-3, "amsgrad": 2e-3, "adahessian": 1e-2, "adagrad": 0.05
               "momentum": 0.05, "ftrl": 0.2}
 
 
-def build_deepfm(vocab_sizes, num_dense, embedding_dim=8, hidden=(64, 32)):
-    """FM second-order interactions + an MLP over the embeddings and dense features."""
-    categorical = keras.Input((len(vocab_sizes),), dtype="int32", name="categorical")
+def build_deepfm(vocab_sizes, num_dense, embedding_dim=8, hidden=(64, 32), capacity=None):
+    """FM second-order interactions + an MLP over the embeddings and dense features.
+
+    With `capacity`, `vocab_sizes` is the number of fields and each field's
+    table is a `DynamicEmbedding` of `capacity` rows over int64 hashed ids.
+    """
+    fields = vocab_sizes if capacity is not None else len(vocab_sizes)
+    categorical = keras.Input((fields,), dtype="int64" if capacity else "int32",
+                              name="categorical")
     dense = keras.Input((num_dense,), dtype="float32", name="dense_features")
-    embeddings = [
-        keras.layers.Embedding(rows, embedding_dim, name=f"embedding_{i}")(categorical[:, i])
-        for i, rows in enumerate(vocab_sizes)
-    ]
+    if capacity is not None:
+        embeddings = [gl.layers.DynamicEmbedding(embedding_dim, capacity,
+                                                 name=f"embedding_{i}")(categorical[:, i])
+                      for i in range(fields)]
+    else:
+        embeddings = [
+            keras.layers.Embedding(rows, embedding_dim, name=f"embedding_{i}")(categorical[:, i])
+            for i, rows in enumerate(vocab_sizes)
+        ]
     stacked = keras.ops.stack(embeddings, axis=1)  # [batch, fields, dim]
     square_of_sum = keras.ops.square(keras.ops.sum(stacked, axis=1))
     sum_of_squares = keras.ops.sum(keras.ops.square(stacked), axis=1)
@@ -95,6 +111,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
                         default=None, help="a keras.mixed_precision policy")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="hashed raw ids in DynamicEmbedding tables (no vocabulary pass)")
+    parser.add_argument("--capacity", type=int, default=4096,
+                        help="rows of each DynamicEmbedding pool (with --dynamic)")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
@@ -107,11 +127,25 @@ def main(argv=None):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def hashed(data):
+    """The raw categorical strings of every split as int64 fingerprints."""
+    def ids(split):
+        strings = split.categorical.astype(str)
+        return dataclasses.replace(split, categorical=gl.layers.fingerprint(strings).numpy())
+    return dataclasses.replace(data, train=ids(data.train), dev=ids(data.dev), test=ids(data.test))
+
+
 def train(args):
     keras.utils.set_random_seed(args.seed)
-    data = ctr_data.load_criteo()
+    if getattr(args, "dynamic", False):
+        data = hashed(ctr_data.load_criteo_raw())
+        model = build_deepfm(len(data.field_names), data.train.dense.shape[1],
+                             capacity=args.capacity)
+    else:
+        data = ctr_data.load_criteo()
+        model = build_deepfm(data.vocab_sizes, data.train.dense.shape[1])
     optimizer = OPTIMIZERS[args.optimizer](args)
-    model = for_optimizer(build_deepfm(data.vocab_sizes, data.train.dense.shape[1]), optimizer)
+    model = for_optimizer(model, optimizer)
     model.compile(optimizer=optimizer, loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc")])
     print(f"optimizer: {type(model.optimizer).__name__}  lr={args.lr} l1={args.l1} l21={args.l21} "
@@ -122,10 +156,22 @@ def train(args):
               batch_size=args.batch_size, epochs=args.epochs, verbose=2)
     _, test_auc = model.evaluate([data.test.categorical, data.test.dense], data.test.label,
                                  batch_size=1024, verbose=0)
+    print(f"\ntest AUC: {test_auc:.4f}")
+    if getattr(args, "dynamic", False):
+        tables = gl.sparsity.dynamic_tables(model)
+        live = sum(t.table_stats()["live"] for t in tables)
+        kept = sum(t.table_stats()["admitted"] - t.table_stats()["evicted"] for t in tables)
+        print(f"dynamic tables: {live} live rows of {kept} admitted ids "
+              f"(sparsity {1 - live / max(kept, 1):.1%}), capacity {args.capacity} each")
+        print(f"{'table':<14}{'live':>7}{'admitted':>10}{'released':>10}{'dropped':>9}")
+        for t in tables:
+            s = t.table_stats()
+            print(f"{t.name:<14}{s['live']:>7}{s['admitted']:>10}{s['released']:>10}"
+                  f"{s['dropped']:>9}")
+        return test_auc, 1 - live / max(kept, 1)
     sparsity = embedding_row_sparsity(model)
     zero = sum(z for z, _ in sparsity.values())
     rows = sum(r for _, r in sparsity.values())
-    print(f"\ntest AUC: {test_auc:.4f}")
     print(f"embedding row sparsity: {zero}/{rows} trained rows are zero ({zero / rows:.1%})")
     print(f"{'table':<14}{'field':<7}{'rows':>7}{'zero':>7}{'sparsity':>10}")
     for (name, (z, r)), field in zip(sparsity.items(), data.field_names):

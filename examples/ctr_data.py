@@ -78,6 +78,25 @@ def load_criteo(min_count=2, data_dir=None):
                    field_names=[f"C{i}" for i in range(1, 27)])
 
 
+def load_criteo_raw(data_dir=None):
+    """The criteo_8k sample with no vocabulary pass: each split's categorical
+    fields as strings "C<field>:<value>" (a [rows, 26] object array), for
+    tables over hashed ids (`group_lasso_tf.layers.fingerprint`)."""
+    base = os.path.join(data_dir or DATA_DIR, "criteo_8k")
+    splits = {name: _read(os.path.join(base, f"criteo_{name}.csv"), "\t")
+              for name in ("train", "dev", "test")}
+
+    def convert(rows):
+        dense = np.array([[math.log1p(max(float(v), 0.0)) if v else 0.0 for v in r[1:14]]
+                          for r in rows], np.float32)
+        strings = np.array([[f"C{i + 1}:{v}" for i, v in enumerate(r[14:40])] for r in rows],
+                           dtype=object)
+        return Split(strings, dense, np.array([float(r[0]) for r in rows], np.float32))
+
+    return CtrData(*(convert(splits[n]) for n in ("train", "dev", "test")),
+                   vocab_sizes=None, field_names=[f"C{i}" for i in range(1, 27)])
+
+
 def load_avazu(min_count=2, data_dir=None):
     """The avazu_9k sample: 22 categorical fields (hour as hour of day), no dense ones."""
     base = os.path.join(data_dir or DATA_DIR, "avazu_9k")

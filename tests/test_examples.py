@@ -21,6 +21,17 @@ def test_criteo_example_learns_and_sparsifies(capsys):
 
 
 @pytest.mark.slow
+def test_criteo_example_on_raw_hashed_ids_with_dynamic_tables(capsys):
+    """--dynamic: no vocabulary pass; DynamicEmbedding tables learn, and the
+    group lasso frees rows while training (1 epoch)."""
+    auc, sparsity = criteo_deepfm.main(["--dynamic", "--epochs", "1", "--capacity", "1024"])
+    out = capsys.readouterr().out
+    assert "dynamic tables:" in out and "embedding_25" in out
+    assert auc > 0.6
+    assert 0.0 < sparsity < 1.0
+
+
+@pytest.mark.slow
 def test_criteo_example_trains_with_group_adahessian(capsys):
     """`fit` of the example with GroupAdaHessian (through hessian.wrap)."""
     auc, sparsity = criteo_deepfm.main(["--optimizer", "adahessian", "--epochs", "3"])
