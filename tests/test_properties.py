@@ -50,6 +50,8 @@ def cases(draw):
             state[k] = rng.normal(size=var.shape)
     if rule == "amsgrad":
         state["vhat"] = np.maximum(state["vhat"], state["v"])
+    if rule == "rmsprop":  # the mean square bounds the squared mean (same decay)
+        state["v"] = state["v"] + state["average_gradient"] ** 2
     if sparse:
         n = draw(st.integers(0, 30))
         ids = rng.integers(0, min(rows, draw(st.integers(1, 4))), size=n)  # duplicate-heavy
