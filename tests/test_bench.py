@@ -1,9 +1,13 @@
 """Every benchmark's --quick variant runs and checks its own outputs are sane.
 
 Speed is not asserted here (these machines are shared and noisy); the full
-runs and their results are in docs/benchmarks.md.
+runs and their results are in docs/benchmarks.md. The quick runs are
+subprocesses, mostly single-threaded (importing TensorFlow, tracing), so the
+selected ones are started two at a time when the first test needs them (CI
+has 2 cores) and each test checks its own.
 """
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -15,22 +19,37 @@ import group_lasso_tf as gl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.bench
 
+SCRIPTS = ["sparse_update.py", "dense_update.py", "embedding_fit.py", "deepfm_e2e.py",
+           "quality.py", "adahessian_cost.py", "sparsity_target.py", "strength_overhead.py",
+           "steering_cost.py", "l21_sweep.py", "dynamic_embedding.py"]
+WRITES = ("quality.py", "sparsity_target.py", "l21_sweep.py")  # take --out DIR
 
-@pytest.mark.parametrize("script", ["sparse_update.py", "dense_update.py", "embedding_fit.py",
-                                    "deepfm_e2e.py", "quality.py", "adahessian_cost.py",
-                                    "sparsity_target.py", "strength_overhead.py",
-                                    "steering_cost.py", "l21_sweep.py",
-                                    "dynamic_embedding.py"])
-def test_quick_benchmark_runs(script, tmp_path):
-    writes = script in ("quality.py", "sparsity_target.py", "l21_sweep.py")
-    args = ["--quick"] + (["--out", str(tmp_path)] if writes else [])
+
+def _run(script, out_dir):
+    args = ["--quick"] + (["--out", out_dir] if script in WRITES else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.path.dirname(os.path.dirname(gl.__file__)))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script)] + args,
+    return subprocess.run([sys.executable, os.path.join(ROOT, "bench", script)] + args,
                           capture_output=True, text=True, timeout=300, env=env, cwd="/")
+
+
+@pytest.fixture(scope="module")
+def quick_runs(request, tmp_path_factory):
+    """{script: (finished process, its --out directory)} for the selected tests."""
+    selected = [s for s in SCRIPTS if any(
+        item.nodeid.endswith(f"test_quick_benchmark_runs[{s}]") for item in request.session.items)]
+    dirs = {s: str(tmp_path_factory.mktemp(s.replace(".py", ""))) for s in selected}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {s: pool.submit(_run, s, dirs[s]) for s in selected}
+    return {s: (f.result(), dirs[s]) for s, f in futures.items()}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_quick_benchmark_runs(script, quick_runs):
+    proc, out_dir = quick_runs[script]
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "quick run: outputs sane" in proc.stdout
     if script == "quality.py":
-        assert {"quality.md", "quality.png", "quality_runs.csv"} <= set(os.listdir(tmp_path))
+        assert {"quality.md", "quality.png", "quality_runs.csv"} <= set(os.listdir(out_dir))
     if script == "sparsity_target.py":
-        assert {"results.md", "trajectory.png", "runs.csv"} <= set(os.listdir(tmp_path))
+        assert {"results.md", "trajectory.png", "runs.csv"} <= set(os.listdir(out_dir))
