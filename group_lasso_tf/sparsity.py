@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from group_lasso_tf import pruning
+from group_lasso_tf.layers import dynamic_index
 from group_lasso_tf.rows import as_rows
 
 
@@ -295,8 +296,10 @@ class SparsityTarget(keras.callbacks.Callback):
 
     def _steered_tables(self):
         if self.tables is None:
+            from group_lasso_tf.layers import DynamicEmbedding
+
             tables = [layer.embeddings for layer in self.model._flatten_layers(include_self=False)
-                      if isinstance(layer, keras.layers.Embedding)]
+                      if isinstance(layer, (keras.layers.Embedding, DynamicEmbedding))]
         else:
             patterns = [t for t in self.tables if isinstance(t, str)]
             objects = [t for t in self.tables if not isinstance(t, str)]
@@ -368,7 +371,8 @@ class SparsityTarget(keras.callbacks.Callback):
     def _update(self, step):
         reference = self.reference(step)
         survival, before = self._survival()
-        survival = [np.asarray(s, np.float64) for s in survival]
+        survival = [_survival_basis(t, np.asarray(s, np.float64))
+                    for t, s in zip(self._tables, survival)]
         values = [np.concatenate([survival[i] / self._ratios[i] for i in unit])
                   for unit in self._units]
         values = [v[~np.isnan(v)] for v in values]
@@ -411,6 +415,20 @@ class SparsityTarget(keras.callbacks.Callback):
             logs["sparsity_reference"] = self.history["reference"][-1]
 
 
+def _survival_basis(table, survival):
+    """The survival strengths the law sorts for a table: per row (NaN for
+    rows never trained); for a `DynamicEmbedding` pool, those of its live
+    rows, plus a zero per id whose row was freed (they count as zero rows,
+    `_zero_and_counted`)."""
+    layer = dynamic_index(table)
+    if layer is None:
+        return survival
+    stats = keras.ops.convert_to_numpy(layer.stats)
+    live = keras.ops.convert_to_numpy(layer.row_state)[:, 1] != 0
+    freed = int(stats[1] - stats[3] - stats[0])  # admitted - evicted - live
+    return np.concatenate([np.zeros(max(freed, 0)), survival[:layer.capacity][live]])
+
+
 def zero_counts(rows, fraction):
     """How many rows of each unit to zero so that each is within one row of
     `fraction` and all together are `round(fraction * sum(rows))`: the
@@ -447,10 +465,21 @@ def strength_at_sparsity(survival, fraction):
 
 
 def _zero_and_counted(optimizer, table):
-    """(zero rows, counted rows) of a table, as in `row_sparsity`, in TF ops."""
+    """(zero rows, counted rows) of a table, as in `row_sparsity`, in TF ops.
+
+    For a `DynamicEmbedding` pool: its ids given a row and not evicted, less
+    the live rows never trained, are counted; those whose row was freed are
+    zero (`DynamicEmbedding.sparsity`, without the never-trained rows)."""
     x = as_rows(tf.convert_to_tensor(table))
     zero = tf.reduce_all(tf.equal(x, 0), axis=1)
     linear = as_rows(tf.convert_to_tensor(optimizer.get_slot(table, "linear")))
     never = tf.logical_and(tf.reduce_all(tf.equal(linear, 0), axis=1), tf.logical_not(zero))
     count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.int64))  # noqa: E731
-    return count(zero), tf.shape(x, out_type=tf.int64)[0] - count(never)
+    layer = dynamic_index(table)
+    if layer is None:
+        return count(zero), tf.shape(x, out_type=tf.int64)[0] - count(never)
+    stats = tf.convert_to_tensor(layer.stats)
+    live = tf.not_equal(tf.convert_to_tensor(layer.row_state)[:, 1], 0)
+    never_live = count(tf.logical_and(never[:layer.capacity], live))
+    ids = stats[1] - stats[3]  # admitted - evicted
+    return ids - stats[0], ids - never_live

@@ -288,3 +288,32 @@ def test_export_writes_a_compact_static_table(rng, tmp_path):
     ops_used = {op.type for op in graph.get_operations()}
     ops_used |= {node.op for f in graph.as_graph_def().library.function for node in f.node_def}
     assert not any(t.startswith(("GroupLasso", "ResourceSparseApplyGroup")) for t in ops_used)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8])
+def test_sparsity_target_steers_a_dynamic_table(target, rng):
+    """SparsityTarget on a DynamicEmbedding: after every update the freed ids
+    are the requested fraction of the ids given a row (to one row), and the
+    rows it zeroes are freed at once."""
+    keras.utils.set_random_seed(int(rng.integers(2**31)))
+    universe = _keys(rng, int(rng.integers(300, 800)))
+    index = np.minimum(rng.zipf(1.3, size=(2048, 3)), len(universe)) - 1
+    x = universe[index]
+    y = rng.normal(size=len(universe))[index].sum(axis=1, keepdims=True) > 0
+    inputs = keras.Input(shape=(3,), dtype="int64")
+    layer = DynamicEmbedding(8, capacity=1024, name="dyn")
+    out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(layer(inputs)))
+    model = keras.Model(inputs, out)
+    model.compile(optimizer=gl.GroupAdam(learning_rate=0.01, l21=1e-4), loss="binary_crossentropy")
+    control = gl.sparsity.SparsityTarget(target, update_every=8)
+    model.fit(x, y.astype(np.float32), batch_size=128, epochs=2, verbose=0, callbacks=[control])
+    h = control.history
+    stats = layer.table_stats()
+    assert stats["released"] > 0
+    zero, counted = (int(v) for v in gl.sparsity._zero_and_counted(model.optimizer,
+                                                                   layer.embeddings))
+    assert abs(h["sparsity"][-1] - target) <= 1 / counted + 1e-12, (h["sparsity"][-1], counted)
+    assert zero == stats["admitted"] - stats["evicted"] - stats["live"]
+    # No live row is zero: the rows the law zeroed were freed.
+    keys, rows = layer.live_rows()
+    assert not np.any(np.all(rows == 0, axis=1))

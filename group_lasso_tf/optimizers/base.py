@@ -391,12 +391,21 @@ class GroupLassoMixin(StrengthsMixin):
         at the strengths of that step; after the strengths change (as
         `sparsity.SparsityTarget` does), this brings every row to the
         weights the new strengths give it, so that rows not touched since do
-        not lag. Rows never trained keep their weights."""
+        not lag. Rows never trained keep their weights. A `DynamicEmbedding`
+        pool then frees the rows it made zero, as its update does."""
         flag = self._rule_flag()
         for variable in variables:
             var, x, slots, (lr, l1, l21, l2), hyper = self._row_inputs(variable)
             shrunk = tf_step.shrink_rows(self._rule, x, slots, lr, l1, l21, l2, hyper, flag)
-            var.assign(tf.reshape(shrunk, tf.shape(var)))
+            write = var.assign(tf.reshape(shrunk, tf.shape(var)))
+            table = dynamic_index(variable)
+            if table is not None:  # a DynamicEmbedding pool frees the rows now zero
+                slot_vars = [resource_variable(self.get_slot(variable, n), n)
+                             for n in self._group_slot_names]
+                with tf.control_dependencies([write]):
+                    _ops.fused_ops().group_lasso_dynamic_release(
+                        *table.index_handles(), var.handle, [s.handle for s in slot_vars],
+                        tf.range(table.capacity, dtype=tf.int64), T=var.dtype)
 
     def _check_finite(self, tensors, variables, what):
         """The checks that `tensors` are finite, each failing with a message
