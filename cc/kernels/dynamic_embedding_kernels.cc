@@ -7,6 +7,7 @@
 // table's contents never depend on thread timing.
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -200,8 +201,50 @@ class DynamicRowsOp : public OpKernel {
   int num_slots_ = 0;
 };
 
+template <typename T>
+class DynamicWriteRowsOp : public OpKernel {
+ public:
+  explicit DynamicWriteRowsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& rows = ctx->input(1);
+    const Tensor& values = ctx->input(2);
+    if (rows.NumElements() == 0) return;  // nothing admitted: not even a lock
+    LockedVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Acquire(ctx, 0, 1, true));
+    Tensor* var = vars.tensor(0);
+    OP_REQUIRES(ctx, var->IsInitialized() && var->dtype() == DataTypeToEnum<T>::v() &&
+                         var->dims() >= 1,
+                errors::InvalidArgument("var must be an initialized variable of rank >= 1 "
+                                        "and dtype ", DataTypeString(DataTypeToEnum<T>::v())));
+    const int64_t num_rows = var->dim_size(0);
+    const int64_t width = var->NumElements() / std::max<int64_t>(num_rows, 1);
+    OP_REQUIRES(ctx, rows.dims() == 1 && values.NumElements() == rows.NumElements() * width,
+                errors::InvalidArgument("values must hold one row of ", width,
+                                        " per entry of rows"));
+    const auto ids = rows.flat<int64_t>();
+    for (int64_t i = 0; i < ids.size(); ++i) {
+      OP_REQUIRES(ctx, ids(i) >= 0 && ids(i) < num_rows,
+                  errors::InvalidArgument("rows[", i, "] = ", ids(i), " is not in [0, ",
+                                          num_rows, ")"));
+    }
+    OP_REQUIRES_OK(ctx, vars.CopyOnWrite<CPUDevice>(ctx, 0));
+    T* data = vars.tensor(0)->flat<T>().data();
+    const T* src = values.flat<T>().data();
+    for (int64_t i = 0; i < ids.size(); ++i) {
+      std::copy(src + i * width, src + (i + 1) * width, data + ids(i) * width);
+    }
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("GroupLassoDynamicLookup").Device(::tensorflow::DEVICE_CPU),
                         DynamicLookupOp);
+REGISTER_KERNEL_BUILDER(
+    Name("GroupLassoDynamicWriteRows").Device(::tensorflow::DEVICE_CPU).TypeConstraint<float>("T"),
+    DynamicWriteRowsOp<float>);
+REGISTER_KERNEL_BUILDER(
+    Name("GroupLassoDynamicWriteRows").Device(::tensorflow::DEVICE_CPU).TypeConstraint<double>("T"),
+    DynamicWriteRowsOp<double>);
 
 #define GL_REGISTER_ROWS_OPS(T, Tindex)                                                   \
   REGISTER_KERNEL_BUILDER(Name("GroupLassoDynamicClearStale")                            \

@@ -69,6 +69,16 @@ REGISTER_OP("GroupLassoDynamicRelease")
     .Doc("Frees every live row among `indices` that `var` holds exactly zero: "
          "its key leaves the index, its slot rows are zeroed, the row is free.");
 
+REGISTER_OP("GroupLassoDynamicWriteRows")
+    .Input("var: resource")
+    .Input("rows: int64")
+    .Input("values: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext*) { return ::tensorflow::OkStatus(); })
+    .Doc("Writes values[i] into row rows[i] of var, in place (the initial values of "
+         "admitted rows). Unlike ResourceScatterUpdate it never switches the variable "
+         "to copy-on-read, and copies its buffer only while an older read holds it.");
+
 #undef GL_INDEX_INPUTS
 
 }  // namespace group_lasso_tf
