@@ -141,8 +141,8 @@ class DynamicEmbedding(keras.layers.Layer):
         if not ids.dtype.is_integer:
             raise TypeError(f"DynamicEmbedding ids must be integers, got dtype {ids.dtype.name} "
                             "(string ids: group_lasso_tf.layers.fingerprint(ids))")
-        from group_lasso_tf.optimizers.base import _in_xla_context
-        if _in_xla_context():
+        from group_lasso_tf.optimizers.base import in_xla_context
+        if in_xla_context():
             raise ValueError("DynamicEmbedding cannot run inside an XLA cluster "
                              "(jit_compile=True): its index is a custom op. Compile with "
                              "jit_compile=False.")

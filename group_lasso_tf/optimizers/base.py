@@ -143,7 +143,9 @@ def _remote_workers():
         tf.distribute.get_strategy(), tf.distribute.experimental.ParameterServerStrategy)
 
 
-def _in_xla_context():
+def in_xla_context():
+    """True while tracing inside an XLA cluster (jit_compile=True), where
+    custom ops cannot run."""
     if tf.executing_eagerly():
         return False
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
@@ -443,7 +445,7 @@ class GroupLassoMixin(StrengthsMixin):
 
     def _fused(self):
         """The op library, or None where `tf_step` must run (XLA, no library)."""
-        return None if _in_xla_context() else _ops.fused_ops()
+        return None if in_xla_context() else _ops.fused_ops()
 
     def _apply_step(self, gradient, variable, learning_rate, extras=None):
         """One fused (or `tf_step`) step of the rule on `variable`.
@@ -523,7 +525,7 @@ class GroupLassoMixin(StrengthsMixin):
         (ParameterServerStrategy), where no Python runs."""
         path = re.sub(r":\d+$", "", getattr(variable, "path", None) or variable.name)
         if (len(variable.shape) < 2 or not self._is_regularized(variable)
-                or path in self._dead_rows_warned or _in_xla_context()
+                or path in self._dead_rows_warned or in_xla_context()
                 or _remote_workers()):
             return
         with tf.control_dependencies([update] if update is not None else []):
