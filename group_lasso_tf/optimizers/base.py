@@ -486,9 +486,11 @@ class GroupLassoMixin(StrengthsMixin):
                     *hyper, values, *extra, *extras.after, indices, use_locking=self.use_locking,
                     **self._op_attrs())
             # A DynamicEmbedding pool: slots of rows that eviction gave to a new
-            # id are cleared first; rows the update zeroes are freed after it.
-            clear = fused.group_lasso_dynamic_clear_stale(
-                *table.index_handles(), [s.handle for s in slots], indices, T=dtype)
+            # id are cleared first (only eviction leaves stale slots); rows the
+            # update zeroes are freed after it.
+            clear = tf.no_op() if table.on_full != "evict_lru" else (
+                fused.group_lasso_dynamic_clear_stale(
+                    *table.index_handles(), [s.handle for s in slots], indices, T=dtype))
             with tf.control_dependencies([clear]):
                 update = _ops.apply_op(sparse_op)(
                     var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2,
