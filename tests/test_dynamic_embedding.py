@@ -92,7 +92,9 @@ def _keys(rng, n):
 def test_index_matches_the_model_on_random_streams(on_full, min_count, rng):
     capacity = int(rng.integers(4, 40))
     universe = _keys(rng, int(capacity * rng.uniform(1.5, 4)))
-    layer = DynamicEmbedding(2, capacity, min_count=min_count, on_full=on_full)
+    # Room for every key's sightings (the model never forgets them).
+    layer = DynamicEmbedding(2, capacity, min_count=min_count, on_full=on_full,
+                             pending_capacity=len(universe))
     layer.build()
     slot = tf.Variable(tf.ones([capacity + 1, 2]))
     model = IndexModel(capacity, min_count, on_full)
@@ -120,6 +122,20 @@ def test_index_matches_the_model_on_random_streams(on_full, min_count, rng):
         stats = layer.table_stats()
         assert {k: stats[k] for k in model.stats} == model.stats
         assert stats["live"] == len(model.row_key) <= capacity
+
+
+def test_a_full_pending_array_forgets_its_sightings(rng):
+    """More ids pending than pending_capacity: the sightings are forgotten
+    (the array is emptied), lookups go on, ids seen min_count times in a row
+    are still admitted."""
+    layer = DynamicEmbedding(2, capacity=64, min_count=2, pending_capacity=4)
+    for _ in range(6):
+        layer(tf.constant(_keys(rng, 40)))  # 40 new ids a call: the array (8 slots) fills
+    assert layer.table_stats()["admitted"] == 0
+    repeated = tf.constant(np.repeat(_keys(rng, 3), 2))
+    rows = layer(repeated)
+    assert layer.table_stats()["admitted"] == 3 and layer.table_stats()["live"] == 3
+    assert np.all(np.any(rows.numpy()[1::2] != 0, axis=1))
 
 
 def test_optimizer_frees_zeroed_rows_and_a_returning_id_starts_fresh(rng):

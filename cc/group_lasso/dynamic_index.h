@@ -83,7 +83,9 @@ inline void EraseSlot(int64_t* pairs, int64_t size, int64_t slot) {
   const uint64_t mask = static_cast<uint64_t>(size - 1);
   uint64_t hole = static_cast<uint64_t>(slot);
   uint64_t next = (hole + 1) & mask;
-  while (pairs[2 * next + 1] != 0) {
+  // Bounded: in a full array (the pending sightings can fill theirs) no
+  // slot is empty, and every other entry is visited once.
+  for (int64_t n = 1; n < size && pairs[2 * next + 1] != 0; ++n) {
     const uint64_t home = Mix(pairs[2 * next]) & mask;
     // Move `next` into the hole unless its home lies cyclically in (hole, next].
     const bool stays = hole <= next ? (hole < home && home <= next)
