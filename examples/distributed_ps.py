@@ -14,7 +14,11 @@ the table shards and their slots live), then this script as the chief:
         python examples/distributed_ps.py --mode ps --checkpoint /tmp/ps_ckpt
 
 `--mode single` trains the same model in one process (no strategy), for
-comparison. The table (one row per feature id of all 26 fields) is split over
+comparison. `--dynamic` replaces the table by a `DynamicEmbedding` over the
+raw hashed ids (no vocabulary pass): under the strategy it is sharded by key,
+one shard (pool, index, optimizer slots) per parameter server, and each
+shard's lookups and updates run on its server; `--mode single --shards N`
+makes the same shards in one process. The table (one row per feature id of all 26 fields) is split over
 the parameter servers by `MinSizePartitioner`; each shard holds whole rows, so
 the group lasso acts on it exactly as on the unsharded table. Steps are
 scheduled with `ClusterCoordinator.schedule` and run on any worker;
@@ -60,7 +64,24 @@ def build_variables(data):
     return table, kernel, bias
 
 
+def build_dynamic_variables(data, args):
+    """A DynamicEmbedding over the fields' hashed ids, and the dense weights."""
+    table = gl.layers.DynamicEmbedding(
+        EMBEDDING_DIM, capacity=args.capacity,
+        embeddings_initializer=tf.keras.initializers.RandomNormal(0.0, 0.05, seed=0),
+        num_shards=args.shards if args.mode == "single" else None)
+    table.build(None)
+    fields, num_dense = data.train.categorical.shape[1], data.train.dense.shape[1]
+    rng = np.random.default_rng(0)
+    kernel = tf.Variable(rng.normal(0, 0.05, (fields * EMBEDDING_DIM + num_dense, 1)).astype("float32"),
+                         name="kernel")
+    bias = tf.Variable(np.zeros((1,), "float32"), name="bias")
+    return table, kernel, bias
+
+
 def table_shards(table):
+    if isinstance(table, gl.layers.DynamicEmbedding):
+        return table.pools
     return list(table.variables) if hasattr(table, "variables") and not isinstance(
         table, tf.Variable) else [table]
 
@@ -83,10 +104,21 @@ def main(argv=None):
                              "DIR (written under any strategy and sharding)")
     parser.add_argument("--save-weights")
     parser.add_argument("--min-shard-bytes", type=int, default=64 << 10)
+    parser.add_argument("--dynamic", action="store_true",
+                        help="a DynamicEmbedding over hashed ids instead of the fixed table")
+    parser.add_argument("--capacity", type=int, default=1 << 15,
+                        help="rows of the DynamicEmbedding (all shards together)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="DynamicEmbedding shards with --mode single")
     args = parser.parse_args(argv)
 
-    data = ctr_data.load_criteo()
-    offsets = tf.constant(np.concatenate([[0], np.cumsum(data.vocab_sizes)[:-1]]), tf.int32)
+    if args.dynamic:
+        data = ctr_data.load_criteo_raw()
+        data.train.categorical = gl.layers.fingerprint(
+            tf.constant(data.train.categorical.astype(str))).numpy()
+    else:
+        data = ctr_data.load_criteo()
+        offsets = tf.constant(np.concatenate([[0], np.cumsum(data.vocab_sizes)[:-1]]), tf.int32)
 
     if args.mode == "ps":
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -99,7 +131,8 @@ def main(argv=None):
         strategy, coordinator = tf.distribute.get_strategy(), None
 
     with strategy.scope():
-        table, kernel, bias = build_variables(data)
+        table, kernel, bias = (build_dynamic_variables(data, args) if args.dynamic
+                               else build_variables(data))
         optimizer = make_optimizer(args)
         variables = table_shards(table) + [kernel, bias]
         optimizer.build(variables)
@@ -111,13 +144,26 @@ def main(argv=None):
     if args.restore_weights:
         weights = tf.train.Checkpoint(table=table, kernel=kernel, bias=bias)
         weights.restore(tf.train.latest_checkpoint(args.restore_weights)).expect_partial()
-    print(f"mode {args.mode}: table {table.shape} in {len(table_shards(table))} shard(s), "
+    shape = (f"DynamicEmbedding of {table.capacity} rows" if args.dynamic
+             else f"table {table.shape}")
+    print(f"mode {args.mode}: {shape} in {len(table_shards(table))} shard(s), "
           f"fused ops: {gl.fused_available()}, starting at step {int(optimizer.iterations.numpy())}",
           flush=True)
+    if args.dynamic:  # where each shard's pool, index and optimizer slots live
+        for shard in table.shards:
+            held = [shard.embeddings, shard.key_table, shard.stats] + [
+                optimizer.get_slot(shard.embeddings, name)
+                for name in {"adam": ("m", "v"), "ftrl": ("accumulator", "linear")}[args.optimizer]]
+            print(f"shard {shard.number}: " + " ".join(
+                sorted({tf.DeviceSpec.from_string(v.value.device).to_string() for v in held})),
+                flush=True)
 
     def replica_step(categorical, dense, label):
         with tf.GradientTape() as tape:
-            embedded = tf.nn.embedding_lookup(table, categorical + offsets)
+            if args.dynamic:
+                embedded = table(categorical, training=True)
+            else:
+                embedded = tf.nn.embedding_lookup(table, categorical + offsets)
             h = tf.concat([tf.reshape(embedded, [tf.shape(label)[0], -1]), dense], axis=1)
             logit = tf.squeeze(tf.matmul(h, kernel) + bias, axis=1)
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(label, logit))
@@ -153,7 +199,14 @@ def main(argv=None):
     if manager:
         manager.save(checkpoint_number=int(optimizer.iterations.numpy()))
 
-    full_table = tf.convert_to_tensor(table).numpy()
+    if args.dynamic:  # the live ids' rows, by id
+        keys, full_table = table.live_rows()
+        order = np.argsort(keys)
+        keys, full_table = keys[order], full_table[order]
+        print(f"dynamic table: {table.table_stats()}", flush=True)
+    else:
+        keys = None
+        full_table = tf.convert_to_tensor(table).numpy()
     zero = int(np.sum(np.all(full_table == 0, axis=1)))
     # Steps whose closure finished (each scheduled step, retried on another
     # worker if its worker failed). Keras's `iterations` counter can count
@@ -162,8 +215,10 @@ def main(argv=None):
     print(f"done: {int(optimizer.iterations.numpy())} steps, {finished} steps finished, "
           f"row sparsity {zero}/{full_table.shape[0]}", flush=True)
     if args.save_weights:
+        extra = {} if keys is None else dict(keys=keys, **{
+            f"stat_{k}": v for k, v in table.table_stats().items()})
         np.savez(args.save_weights, table=full_table, kernel=kernel.numpy(), bias=bias.numpy(),
-                 iterations=optimizer.iterations.numpy(), shards=len(table_shards(table)))
+                 iterations=optimizer.iterations.numpy(), shards=len(table_shards(table)), **extra)
     if coordinator is not None:
         # The coordinator keeps channels to every task; after a worker failure,
         # closing them would block interpreter shutdown. All work is done.

@@ -298,8 +298,12 @@ class SparsityTarget(keras.callbacks.Callback):
         if self.tables is None:
             from group_lasso_tf.layers import DynamicEmbedding
 
-            tables = [layer.embeddings for layer in self.model._flatten_layers(include_self=False)
-                      if isinstance(layer, (keras.layers.Embedding, DynamicEmbedding))]
+            tables = []
+            for layer in self.model._flatten_layers(include_self=False):
+                if isinstance(layer, DynamicEmbedding):
+                    tables += layer.pools  # each shard's pool is steered on its own
+                elif isinstance(layer, keras.layers.Embedding):
+                    tables.append(layer.embeddings)
         else:
             patterns = [t for t in self.tables if isinstance(t, str)]
             objects = [t for t in self.tables if not isinstance(t, str)]
@@ -420,13 +424,13 @@ def _survival_basis(table, survival):
     rows never trained); for a `DynamicEmbedding` pool, those of its live
     rows, plus a zero per id whose row was freed (they count as zero rows,
     `_zero_and_counted`)."""
-    layer = dynamic_index(table)
-    if layer is None:
+    shard = dynamic_index(table)
+    if shard is None:
         return survival
-    stats = keras.ops.convert_to_numpy(layer.stats)
-    live = keras.ops.convert_to_numpy(layer.row_state)[:, 1] != 0
+    stats = keras.ops.convert_to_numpy(shard.stats)
+    live = keras.ops.convert_to_numpy(shard.row_state)[:, 1] != 0
     freed = int(stats[1] - stats[3] - stats[0])  # admitted - evicted - live
-    return np.concatenate([np.zeros(max(freed, 0)), survival[:layer.capacity][live]])
+    return np.concatenate([np.zeros(max(freed, 0)), survival[:shard.capacity][live]])
 
 
 def zero_counts(rows, fraction):
@@ -475,11 +479,11 @@ def _zero_and_counted(optimizer, table):
     linear = as_rows(tf.convert_to_tensor(optimizer.get_slot(table, "linear")))
     never = tf.logical_and(tf.reduce_all(tf.equal(linear, 0), axis=1), tf.logical_not(zero))
     count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.int64))  # noqa: E731
-    layer = dynamic_index(table)
-    if layer is None:
+    shard = dynamic_index(table)
+    if shard is None:
         return count(zero), tf.shape(x, out_type=tf.int64)[0] - count(never)
-    stats = tf.convert_to_tensor(layer.stats)
-    live = tf.not_equal(tf.convert_to_tensor(layer.row_state)[:, 1], 0)
-    never_live = count(tf.logical_and(never[:layer.capacity], live))
+    stats = tf.convert_to_tensor(shard.stats)
+    live = tf.not_equal(tf.convert_to_tensor(shard.row_state)[:, 1], 0)
+    never_live = count(tf.logical_and(never[:shard.capacity], live))
     ids = stats[1] - stats[3]  # admitted - evicted
     return ids - stats[0], ids - never_live

@@ -1,5 +1,6 @@
 """tf.distribute: Mirrored (2 logical CPUs), MultiWorkerMirrored (2 processes on
-127.0.0.1) and ParameterServer (2 PS + 2 worker processes, a sharded table) give
+127.0.0.1) and ParameterServer (2 PS + 2 worker processes, a sharded table, a
+DynamicEmbedding sharded by key) give
 the results of one-device training; checkpoints move between strategies.
 
 Every process is a subprocess with a time limit, killed at the end of its test.
@@ -231,6 +232,36 @@ def test_ps_sharded_table_equals_single_process(optimizer, ps_cluster, tmp_path)
     restored = np.load(tmp_path / "restored.npz")
     np.testing.assert_array_equal(restored["table"], ps["table"])
     np.testing.assert_array_equal(np.all(restored["table"] == 0, axis=1), zero_rows)
+
+
+def test_ps_dynamic_table_sharded_by_key_equals_single_process(ps_cluster, tmp_path):
+    """A DynamicEmbedding over raw hashed Criteo ids on a 2-PS cluster: one
+    shard (pool, index, slots) per server, and sequential steps give the
+    one-process result with the same two shards bit for bit (rows per id,
+    counters, dense weights); the PS checkpoint restores into one process."""
+    args = ["--dynamic", "--steps", "12", "--l21", "5e-5",
+            "--capacity", "8192"]
+    out = ps_cluster.run_chief(args + ["--sequential", "--checkpoint", str(tmp_path / "ckpt"),
+                                       "--save-weights", str(tmp_path / "ps.npz")])
+    assert "in 2 shard(s)" in out and "fused ops: True" in out
+    servers = [line.split(": ", 1)[1].split() for line in out.splitlines()
+               if line.startswith("shard ")]
+    assert [len(s) for s in servers] == [1, 1], servers  # each shard's variables together
+    assert sorted(s[0].split("/device")[0] for s in servers) == ["/job:ps/replica:0/task:0",
+                                                                 "/job:ps/replica:0/task:1"]
+    run_example("distributed_ps.py", args + ["--mode", "single", "--shards", "2",
+                                             "--save-weights", str(tmp_path / "single.npz")])
+    ps, single = np.load(tmp_path / "ps.npz"), np.load(tmp_path / "single.npz")
+    assert int(ps["stat_released"]) > 0 and int(ps["stat_live"]) > 0
+    assert int(ps["stat_admitted"]) > int(ps["stat_live"])
+    for key in ps.files:
+        np.testing.assert_array_equal(ps[key], single[key], err_msg=key)
+    run_example("distributed_ps.py", args + [
+        "--mode", "single", "--shards", "2", "--steps", "0", "--restore-weights",
+        str(tmp_path / "ckpt"), "--save-weights", str(tmp_path / "restored.npz")])
+    restored = np.load(tmp_path / "restored.npz")
+    for key in ("keys", "table", "kernel", "bias", "stat_live", "stat_admitted"):
+        np.testing.assert_array_equal(restored[key], ps[key], err_msg=key)
 
 
 def test_ps_training_survives_a_killed_worker(ps_cluster, tmp_path):

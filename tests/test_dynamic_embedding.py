@@ -188,20 +188,75 @@ def test_zero_strengths_train_like_a_fixed_embedding(rng):
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-7)
 
 
-def _model(capacity):
+def test_shard_of_an_id_is_fixed_and_spreads_structured_ids(rng):
+    """Sequential ids, ids sharing their low 32 bits and random ids: every
+    shard within 5% of its share; the same id always in the same shard."""
+    shard = ops.fused_ops().group_lasso_dynamic_shard
+    num_shards = int(rng.integers(2, 9))
+    n = 40_000
+    for ids in (np.arange(n) + int(rng.integers(-2**62, 2**62)), np.arange(n) << 32,
+                rng.integers(-2**63, 2**63 - 1, size=n, dtype=np.int64)):
+        shards = shard(tf.constant(ids, tf.int64), num_shards=num_shards).numpy()
+        counts = np.bincount(shards, minlength=num_shards)
+        assert counts.size == num_shards and shards.min() >= 0
+        np.testing.assert_allclose(counts, n / num_shards, rtol=0.05)
+        again = shard(tf.constant(ids[::-1], tf.int64), num_shards=num_shards).numpy()
+        np.testing.assert_array_equal(again[::-1], shards)
+
+
+@pytest.mark.parametrize("on_full", ["drop", "evict_lru"])
+def test_a_sharded_table_trains_like_one_table(on_full, rng):
+    """With a constant initializer and room for every id, each id's row,
+    the counters and the predictions of 2-4 shards equal one table's, group
+    lasso releases included (float32, 1e-6)."""
+    num_shards = int(rng.integers(2, 5))
+    universe = _keys(rng, 60)
+    batches = [universe[rng.integers(0, 60, size=(32, 3))] for _ in range(25)]
+    targets = [rng.normal(size=(32, 1)).astype(np.float32) for _ in range(25)]
+    init = keras.initializers.Constant(0.05)
+    results = []
+    for shards in (1, num_shards):
+        keras.utils.set_random_seed(0)
+        layer = DynamicEmbedding(4, capacity=128 * shards, embeddings_initializer=init,
+                                 on_full=on_full, num_shards=shards)
+        head = keras.layers.Dense(1, kernel_initializer="ones")
+        opt = gl.GroupAdam(learning_rate=0.05, l1=1e-4, l21=4e-3)
+        for ids, y in zip(batches, targets):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((head(keras.layers.Flatten()(layer(ids))) - y) ** 2)
+            variables = layer.pools + head.trainable_weights
+            opt.apply(tape.gradient(loss, variables), variables)
+        assert len(layer.shards) == shards and len(layer.pools) == shards
+        keys, rows = layer.live_rows()
+        order = np.argsort(keys)
+        stats = layer.table_stats()
+        stats.pop("capacity")
+        results.append((keys[order], rows[order], stats,
+                        head(keras.layers.Flatten()(layer(batches[0], training=False))).numpy()))
+    (k1, r1, s1, p1), (k2, r2, s2, p2) = results
+    assert s1["released"] > 0 and s1["live"] > 0, s1  # the group lasso freed some rows
+    assert s1 == s2
+    np.testing.assert_array_equal(k1, k2)
+    np.testing.assert_allclose(r1, r2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(p1, p2, rtol=1e-6, atol=1e-7)
+
+
+def _model(capacity, num_shards=1):
     inputs = keras.Input(shape=(2,), dtype="int64")
-    x = DynamicEmbedding(4, capacity=capacity, on_full="evict_lru", name="dyn")(inputs)
+    x = DynamicEmbedding(4, capacity=capacity, on_full="evict_lru", num_shards=num_shards,
+                         name="dyn")(inputs)
     outputs = keras.layers.Dense(1)(keras.layers.Flatten()(x))
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=gl.GroupAdam(learning_rate=0.05, l21=2e-3), loss="mse")
     return model
 
 
-def test_checkpoint_and_keras_file_restore_index_pool_and_slots(rng, tmp_path):
+@pytest.mark.parametrize("num_shards", [1, 2])
+def test_checkpoint_and_keras_file_restore_index_pool_and_slots(num_shards, rng, tmp_path):
     keras.utils.set_random_seed(int(rng.integers(2**31)))
     x = _keys(rng, 40)[rng.integers(0, 40, size=(256, 2))]
     y = rng.normal(size=(256, 1)).astype(np.float32)
-    model = _model(24)
+    model = _model(24, num_shards)
     model.fit(x[:128], y[:128], batch_size=32, epochs=1, verbose=0)
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     path = ckpt.write(str(tmp_path / "ckpt"))
@@ -212,6 +267,7 @@ def test_checkpoint_and_keras_file_restore_index_pool_and_slots(rng, tmp_path):
     logger.set_model(model)
     logger.on_epoch_end(0, logs)
     assert logs["table/dyn/live"] == stats["live"] and logs["table/dyn/capacity"] == 24
+    assert len(model.get_layer("dyn").shards) == num_shards
     assert logs["sparsity/dyn"] == pytest.approx(
         1 - stats["live"] / (stats["admitted"] - stats["evicted"]))
     assert stats["live"] > 0
@@ -221,7 +277,7 @@ def test_checkpoint_and_keras_file_restore_index_pool_and_slots(rng, tmp_path):
                                   model.predict(x[:64], verbose=0))
     # Resume from the checkpoint == uninterrupted, bit for bit.
     model.fit(x[128:], y[128:], batch_size=32, epochs=1, verbose=0, shuffle=False)
-    again = _model(24)
+    again = _model(24, num_shards)
     again.fit(x[:1], y[:1], batch_size=1, epochs=1, verbose=0)  # build everything
     tf.train.Checkpoint(model=again, optimizer=again.optimizer).read(path).expect_partial()
     again.fit(x[128:], y[128:], batch_size=32, epochs=1, verbose=0, shuffle=False)
@@ -233,7 +289,8 @@ def test_bad_arguments_name_themselves():
     for kwargs, name in [(dict(output_dim=0, capacity=4), "output_dim"),
                          (dict(output_dim=2, capacity=0), "capacity"),
                          (dict(output_dim=2, capacity=4, on_full="lru"), "on_full"),
-                         (dict(output_dim=2, capacity=4, min_count=0), "min_count")]:
+                         (dict(output_dim=2, capacity=4, min_count=0), "min_count"),
+                         (dict(output_dim=2, capacity=4, num_shards=0), "num_shards")]:
         with pytest.raises(ValueError, match=name):
             DynamicEmbedding(**kwargs)
     layer = DynamicEmbedding(2, capacity=4)
@@ -241,9 +298,11 @@ def test_bad_arguments_name_themselves():
         layer(tf.constant([1.5]))
     with pytest.raises(ValueError, match="jit_compile"):
         tf.function(lambda x: layer(x), jit_compile=True)(tf.constant([1], tf.int64))
-    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
-        with pytest.raises(ValueError, match="ParameterServerStrategy"):
-            DynamicEmbedding(2, capacity=4).build()
+    for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"),
+                     tf.distribute.MirroredStrategy(["/cpu:0"])):
+        with strategy.scope():
+            with pytest.raises(ValueError, match="ParameterServerStrategy"):
+                DynamicEmbedding(2, capacity=4).build()
 
 
 def test_threads_looking_up_and_updating_one_table_keep_it_consistent(rng):

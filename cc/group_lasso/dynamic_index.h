@@ -64,6 +64,13 @@ inline uint64_t Mix(int64_t key) {
   return z ^ (z >> 31);
 }
 
+// Shard in [0, num_shards) of `key` in a table sharded by key: the high 32
+// bits of Mix scaled to the range (no modulo bias worth the name, and
+// independent of the low bits that pick the key's slot inside its shard).
+inline int32_t ShardOf(int64_t key, int32_t num_shards) {
+  return static_cast<int32_t>(((Mix(key) >> 32) * static_cast<uint64_t>(num_shards)) >> 32);
+}
+
 // Slot of `key` in an open-addressing array of (key, value) pairs whose
 // value 0 marks empty, or of the empty slot where it would go; -1 if the
 // array is full and the key absent.

@@ -237,8 +237,29 @@ class DynamicWriteRowsOp : public OpKernel {
   }
 };
 
+class DynamicShardOp : public OpKernel {
+ public:
+  explicit DynamicShardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_shards", &num_shards_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ids = ctx->input(0);
+    Tensor* shards = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ids.shape(), &shards));
+    const auto in = ids.flat<int64_t>();
+    auto out = shards->flat<int32_t>();
+    for (int64_t i = 0; i < in.size(); ++i) out(i) = dynamic::ShardOf(in(i), num_shards_);
+  }
+
+ private:
+  int32_t num_shards_ = 1;
+};
+
 REGISTER_KERNEL_BUILDER(Name("GroupLassoDynamicLookup").Device(::tensorflow::DEVICE_CPU),
                         DynamicLookupOp);
+REGISTER_KERNEL_BUILDER(Name("GroupLassoDynamicShard").Device(::tensorflow::DEVICE_CPU),
+                        DynamicShardOp);
 REGISTER_KERNEL_BUILDER(
     Name("GroupLassoDynamicWriteRows").Device(::tensorflow::DEVICE_CPU).TypeConstraint<float>("T"),
     DynamicWriteRowsOp<float>);

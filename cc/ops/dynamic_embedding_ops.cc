@@ -69,6 +69,19 @@ REGISTER_OP("GroupLassoDynamicRelease")
     .Doc("Frees every live row among `indices` that `var` holds exactly zero: "
          "its key leaves the index, its slot rows are zeroed, the row is free.");
 
+REGISTER_OP("GroupLassoDynamicShard")
+    .Input("ids: int64")
+    .Output("shards: int32")
+    .Attr("num_shards: int >= 1")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("The shard in [0, num_shards) of each id of a table sharded by key: from "
+         "the high bits of the index's hash (dynamic_index.h, ShardOf), so that "
+         "sequential ids and ids sharing low bits spread evenly, and independently "
+         "of the slot each shard's index gives them (the low bits).");
+
 REGISTER_OP("GroupLassoDynamicWriteRows")
     .Input("var: resource")
     .Input("rows: int64")

@@ -400,14 +400,14 @@ class GroupLassoMixin(StrengthsMixin):
             var, x, slots, (lr, l1, l21, l2), hyper = self._row_inputs(variable)
             shrunk = tf_step.shrink_rows(self._rule, x, slots, lr, l1, l21, l2, hyper, flag)
             write = var.assign(tf.reshape(shrunk, tf.shape(var)))
-            table = dynamic_index(variable)
-            if table is not None:  # a DynamicEmbedding pool frees the rows now zero
+            shard = dynamic_index(variable)
+            if shard is not None:  # a DynamicEmbedding pool frees the rows now zero
                 slot_vars = [resource_variable(self.get_slot(variable, n), n)
                              for n in self._group_slot_names]
                 with tf.control_dependencies([write]):
                     _ops.fused_ops().group_lasso_dynamic_release(
-                        *table.index_handles(), var.handle, [s.handle for s in slot_vars],
-                        tf.range(table.capacity, dtype=tf.int64), T=var.dtype)
+                        *shard.index_handles(), var.handle, [s.handle for s in slot_vars],
+                        tf.range(shard.capacity, dtype=tf.int64), T=var.dtype)
 
     def _check_finite(self, tensors, variables, what):
         """The checks that `tensors` are finite, each failing with a message
@@ -479,18 +479,18 @@ class GroupLassoMixin(StrengthsMixin):
             if fused is None:
                 return tf_step.apply_sparse(self._rule, var, slots, values, indices, lr, l1, l21,
                                             l2, hyper, flag, *extra)
-            table = dynamic_index(variable)
-            if table is None:
+            shard = dynamic_index(variable)
+            if shard is None:
                 return _ops.apply_op(sparse_op)(
                     var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2,
                     *hyper, values, *extra, *extras.after, indices, use_locking=self.use_locking,
                     **self._op_attrs())
-            # A DynamicEmbedding pool: slots of rows that eviction gave to a new
+            # A DynamicEmbedding pool (of one shard): slots of rows that eviction gave to a new
             # id are cleared first (only eviction leaves stale slots); rows the
             # update zeroes are freed after it.
-            clear = tf.no_op() if table.on_full != "evict_lru" else (
+            clear = tf.no_op() if shard.on_full != "evict_lru" else (
                 fused.group_lasso_dynamic_clear_stale(
-                    *table.index_handles(), [s.handle for s in slots], indices, T=dtype))
+                    *shard.index_handles(), [s.handle for s in slots], indices, T=dtype))
             with tf.control_dependencies([clear]):
                 update = _ops.apply_op(sparse_op)(
                     var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2,
@@ -498,7 +498,7 @@ class GroupLassoMixin(StrengthsMixin):
                     **self._op_attrs())
             with tf.control_dependencies([update]):
                 released = fused.group_lasso_dynamic_release(
-                    *table.index_handles(), var.handle, [s.handle for s in slots], indices, T=dtype)
+                    *shard.index_handles(), var.handle, [s.handle for s in slots], indices, T=dtype)
             return tf.group(released)
         grad = tf.cast(gradient, dtype)
         extra = [tf.cast(t, dtype) for t in gradient_like]
