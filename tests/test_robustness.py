@@ -120,7 +120,8 @@ def _worker_env():
 
 
 def _train(directory, optimizer, steps, kill_after=None):
-    proc = subprocess.Popen([sys.executable, WORKER, str(directory), optimizer, str(steps)],
+    optimizer, *table = optimizer.split("+")  # "adam+dynamic": a DynamicEmbedding
+    proc = subprocess.Popen([sys.executable, WORKER, str(directory), optimizer, str(steps)] + table,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_worker_env(), cwd="/")
     try:
@@ -135,7 +136,7 @@ def _train(directory, optimizer, steps, kill_after=None):
     return proc.returncode, proc.stderr.read()
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "ftrl", "adahessian"])
+@pytest.mark.parametrize("optimizer", ["adam", "ftrl", "adahessian", "adam+dynamic"])
 def test_sigkill_then_resume_from_checkpoint_equals_uninterrupted_training(optimizer, rng,
                                                                          tmp_path):
     steps = 30
@@ -153,3 +154,5 @@ def test_sigkill_then_resume_from_checkpoint_equals_uninterrupted_training(optim
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key}, killed after {kill_after}")
     assert np.all(a["w0"] == 0, axis=1).any()  # the run did zero rows
+    if "stat_live" in a.files:  # index, pool, slots and counters: freed, evicted rows
+        assert a["stat_released"] > 0 and a["stat_evicted"] > 0, dict(a)
