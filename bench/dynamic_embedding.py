@@ -8,7 +8,8 @@ dense numbers 0..rows-1 for the fixed one, all admitted before timing) and
 take, per step, a batch of Zipf-distributed ids (4,096 and 65,536): the
 lookup, a loss, its gradient (a tf.IndexedSlices over the batch's rows) and
 GroupAdam's fused sparse update (for the dynamic table also the clearing of
-evicted rows' slots and the release of rows left zero), in one tf.function.
+evicted rows' slots and the release of rows left zero), in one tf.function
+that returns the loss.
 Interleaved rounds, median per-round time; the ratio is dynamic / fixed.
 """
 
@@ -36,9 +37,14 @@ def make_step(layer, ids):
     @tf.function
     def step(batch):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(batch) * weight)
+            # Not linear in the rows: as in a real model, the gradient needs
+            # the looked-up values, so the update waits for the lookup (with a
+            # linear loss it could overlap the fixed table's dense read and
+            # copy the whole table on write).
+            loss = tf.reduce_sum(tf.square(layer(batch)) * weight)
         grads = tape.gradient(loss, [layer.embeddings])
         opt.apply(grads, [layer.embeddings])
+        return loss
 
     step(ids)  # trace, build the optimizer
     return step

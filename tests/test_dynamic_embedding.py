@@ -40,12 +40,16 @@ class IndexModel:
 
     def lookup(self, ids):
         clock, self.clock = self.clock, self.clock + 1
+        # Keys already in the index are seen first (none of them is evicted
+        # by this call); the others are admitted in order.
+        known = [key in self.key_row for key in ids]
+        for key, hit in zip(ids, known):
+            if hit:
+                self.last_seen[self.key_row[key]] = clock
         rows, fresh, victims = [], [], None
         for i, key in enumerate(ids):
             if key in self.key_row:
-                row = self.key_row[key]
-                self.last_seen[row] = clock
-                rows.append(row), fresh.append(False)
+                rows.append(self.key_row[key]), fresh.append(False)
                 continue
             rows.append(self.capacity), fresh.append(False)
             if self.min_count > 1:

@@ -179,24 +179,50 @@ inline std::vector<int64_t> LeastRecentRows(const IndexView& index, int64_t coun
   return rows;
 }
 
+// Runs fn(begin, end) over [0, n) in one piece: the default of the
+// `for_ranges` argument below (kernels pass their thread pool's ParallelFor).
+struct InOnePiece {
+  template <typename Fn>
+  void operator()(int64_t n, Fn&& fn) const {
+    if (n > 0) fn(0, n);
+  }
+};
+
 // Gives each id its pool row (`out_rows`; `capacity`, the shared zero row,
 // for ids not admitted) and marks the rows taken in this call (`out_fresh`:
 // the caller writes initial values into them and clears their slots, for
-// rows reused by eviction). Ids are processed in order, so results do not
+// rows reused by eviction).
+//
+// Two phases. First the ids already in the index find their rows and are
+// marked seen by this call; this phase only reads the key table and writes
+// every mark with the same value, so `for_ranges` may split it over threads.
+// Then the others, in id order, are counted towards min_count and admitted,
+// a row taken from the free stack, the never used rows, or (evict_lru) the
+// least recently seen keys, never one looked up in this call. Results do not
 // depend on threads.
+template <typename ForRanges = InOnePiece>
 inline void Lookup(const IndexView& index, const int64_t* ids, int64_t n, int64_t min_count,
-                   OnFull on_full, int64_t* out_rows, bool* out_fresh) {
+                   OnFull on_full, int64_t* out_rows, bool* out_fresh,
+                   ForRanges&& for_ranges = ForRanges()) {
   int64_t* stats = index.stats;
   const int64_t clock = stats[kClock]++;
+  for_ranges(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t row = FindRow(index, ids[i]);
+      // Relaxed atomic: other ranges may mark the same row, with this value.
+      if (row >= 0) __atomic_store_n(index.rows + 3 * row + 1, clock + 1, __ATOMIC_RELAXED);
+      out_rows[i] = row;
+      out_fresh[i] = false;
+    }
+  });
   std::vector<int64_t> victims;  // LRU rows, found once per call when needed
   size_t next_victim = 0;
   bool victims_found = false;
   for (int64_t i = 0; i < n; ++i) {
+    if (out_rows[i] >= 0) continue;
     const int64_t key = ids[i];
-    out_fresh[i] = false;
-    int64_t row = FindRow(index, key);
+    int64_t row = FindRow(index, key);  // admitted earlier in this call
     if (row >= 0) {
-      index.rows[3 * row + 1] = clock + 1;
       out_rows[i] = row;
       continue;
     }
@@ -229,13 +255,16 @@ inline void Lookup(const IndexView& index, const int64_t* ids, int64_t n, int64_
 }
 
 // The rows of ids without admitting any or touching the index: inference.
+template <typename ForRanges = InOnePiece>
 inline void Find(const IndexView& index, const int64_t* ids, int64_t n, int64_t* out_rows,
-                 bool* out_fresh) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t row = FindRow(index, ids[i]);
-    out_rows[i] = row >= 0 ? row : index.capacity;
-    out_fresh[i] = false;
-  }
+                 bool* out_fresh, ForRanges&& for_ranges = ForRanges()) {
+  for_ranges(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t row = FindRow(index, ids[i]);
+      out_rows[i] = row >= 0 ? row : index.capacity;
+      out_fresh[i] = false;
+    }
+  });
 }
 
 // Frees `row` (a live row the update left exactly zero): its key leaves the

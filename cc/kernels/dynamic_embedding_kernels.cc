@@ -3,8 +3,9 @@
 //
 // Order of work, as in the training ops: look up and lock every variable
 // (index, pool, slots) in address order, validate every input, copy on
-// write, then change the index. Lookups are sequential in id order, so a
-// table's contents never depend on thread timing.
+// write, then change the index. Lookups find known keys on several threads
+// and admit new ones in id order, so a table's contents never depend on
+// thread timing.
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/util/work_sharder.h"
 
 namespace group_lasso_tf {
 
@@ -109,13 +111,21 @@ class DynamicLookupOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ids.shape(), &fresh));
     dynamic::IndexView view;
     OP_REQUIRES_OK(ctx, ViewIndex(ctx, &vars, &view, /*write=*/training_));
+    // The index's probes are random reads of arrays larger than the caches:
+    // spread over the intra-op threads.
+    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    auto for_ranges = [threads](int64_t n, auto&& fn) {
+      if (n <= 0) return;
+      ::tensorflow::Shard(threads->num_threads, threads->workers, n, /*cost_per_unit=*/200,
+                          [&fn](int64_t begin, int64_t end) { fn(begin, end); });
+    };
     if (!training_) {
       dynamic::Find(view, ids.flat<int64_t>().data(), ids.NumElements(),
-                    rows->flat<int64_t>().data(), fresh->flat<bool>().data());
+                    rows->flat<int64_t>().data(), fresh->flat<bool>().data(), for_ranges);
       return;
     }
     dynamic::Lookup(view, ids.flat<int64_t>().data(), ids.NumElements(), min_count_, on_full_,
-                    rows->flat<int64_t>().data(), fresh->flat<bool>().data());
+                    rows->flat<int64_t>().data(), fresh->flat<bool>().data(), for_ranges);
   }
 
  private:
