@@ -345,15 +345,17 @@ def test_threads_looking_up_and_updating_one_table_keep_it_consistent(rng):
     assert layer.table_stats()["live"] == len(live_rows)
 
 
-def test_export_writes_a_compact_static_table(rng, tmp_path):
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_export_writes_a_compact_static_table(num_shards, rng, tmp_path):
     """The served model: stock ops only, predictions bit-equal to the
-    dynamic model's inference; unknown and released ids read zeros."""
+    dynamic model's inference (one table for all shards); unknown and
+    released ids read zeros."""
     from group_lasso_tf.export import export_pruned
 
     keras.utils.set_random_seed(int(rng.integers(2**31)))
     x = _keys(rng, 60)[rng.integers(0, 60, size=(256, 2))]
     y = rng.normal(size=(256, 1)).astype(np.float32)
-    model = _model(32)
+    model = _model(32, num_shards)
     model.fit(x, y, batch_size=32, epochs=2, verbose=0)
     layer = model.get_layer("dyn")
     keys, _ = layer.live_rows()
