@@ -50,6 +50,11 @@ class Rule:
         return (f"ResourceApply{self.op_name}{suffix}",
                 f"ResourceSparseApply{self.op_name}{suffix}")
 
+    @property
+    def multi_op_name(self):
+        """The sparse step of many tables in one op, or None (Hessian rules)."""
+        return None if self.uses_hessian else f"ResourceSparseApply{self.op_name}Multi"
+
     def thresholds(self, lr, l1, l21, l2, hyper, d):
         """(t1, t21, t2): the soft threshold, the group threshold (sqrt(d)
         included) and the denominator term of the proximal step."""

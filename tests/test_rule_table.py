@@ -45,8 +45,19 @@ def test_registered_ops_have_the_table_inputs(name):
             assert attrs == ({"T", "use_locking"} | ({"Tindices"} if sparse else set())
                              | ({rule.flag} if rule.flag else set())), op_name
             assert callable(ops.apply_op(op_name))
+    if rule.multi_op_name is not None:  # the multi-table op: lists of the same inputs
+        op_def = op_def_registry.get(rule.multi_op_name)
+        assert op_def is not None, f"{rule.multi_op_name} is not registered"
+        per_table = {"var", *rule.slots, "l1", "l21", "l2", "grad", "indices"}
+        assert [a.name for a in op_def.input_arg] == _expected_inputs(rule, True, False)
+        assert all((a.number_attr == "N") == (a.name in per_table) for a in op_def.input_arg)
+        attrs = {a.name for a in op_def.attr}
+        assert attrs == ({"N", "T", "Tindices", "use_locking", "table_names"}
+                         | ({rule.flag} if rule.flag else set()))
+        assert callable(ops.apply_op(rule.multi_op_name))
     # No op of the library lies outside the table.
     table_ops = {n for r in rules.RULES.values() for s in (False, True) for n in r.op_names(s)}
+    table_ops |= {r.multi_op_name for r in rules.RULES.values() if r.multi_op_name}
     library_ops = {n for n in dir(ops.fused_ops()) if n.startswith("Resource")}
     assert library_ops <= table_ops
 

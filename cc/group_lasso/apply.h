@@ -220,6 +220,50 @@ void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
   });
 }
 
+// One table of a multi-table sparse step: its own configuration (strengths
+// and row width) and rows; `groups` from GroupIds over its range-checked ids.
+template <typename Rule, typename T, typename Tindex>
+struct SparseTable {
+  StepConfig<Rule, T> config;
+  int64_t d = 0;
+  T* var = nullptr;
+  T* slots[Rule::kNumSlots] = {};
+  const T* grad = nullptr;
+  IdGroups<Tindex> groups;
+};
+
+// Sparse step of several tables in one pass: the distinct rows of all tables
+// form one range of work for `parallel_for`, so that a step over many small
+// tables keeps every thread busy instead of paying a call per table. Each
+// row gets exactly the step ApplySparse gives it (same config, same sum of
+// duplicates in position order): results equal table-by-table steps.
+template <typename Rule, typename T, typename Tindex, typename ParallelFor>
+void ApplySparseTables(const std::vector<SparseTable<Rule, T, Tindex>>& tables,
+                       ParallelFor&& parallel_for) {
+  std::vector<int64_t> offsets(tables.size() + 1, 0);  // first work item of each table
+  int64_t widest = 1;
+  for (size_t t = 0; t < tables.size(); ++t) {
+    offsets[t + 1] = offsets[t] + tables[t].groups.size();
+    widest = std::max(widest, tables[t].d);
+  }
+  parallel_for(offsets.back(), RowCost<Rule>(widest), [&](int64_t begin, int64_t end) {
+    T* row_slots[Rule::kNumSlots];
+    std::vector<T> summed;  // only allocated when a shard meets a duplicate
+    size_t t = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    for (int64_t item = begin; item < end; ++item) {
+      while (item >= offsets[t + 1]) ++t;
+      const SparseTable<Rule, T, Tindex>& table = tables[t];
+      const int64_t u = item - offsets[t];
+      const int64_t d = table.d;
+      const int64_t row = static_cast<int64_t>(table.groups.ids[u]);
+      const T* g = GroupRow(table.groups, u, d, table.grad, &summed);
+      for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = table.slots[k] + row * d;
+      UpdateRow<Rule>(table.config.params, table.config.thresholds, d, table.var + row * d,
+                      row_slots, g, static_cast<const T*>(nullptr));
+    }
+  });
+}
+
 // A parallel_for that runs everything on the calling thread.
 struct SerialFor {
   template <typename Fn>

@@ -13,7 +13,9 @@
 #define EIGEN_USE_GPU
 #endif
 
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "group_lasso/apply.h"
@@ -282,6 +284,153 @@ class GroupLassoApplyOp : public OpKernel {
   bool flag_ = false;  // the value of the op attribute Rule::kFlag
 };
 
+// The multi-table sparse step (ResourceSparseApply<kOpName>Multi, CPU): N
+// tables' variables and slots locked together, every input of every table
+// checked (errors name the table) before anything is written, then one
+// ApplySparseTables pass over all their rows.
+template <typename T, typename Tindex, typename Rule>
+class GroupLassoMultiApplyOp : public OpKernel {
+ public:
+  static constexpr int kNumSlots = Rule::kNumSlots;
+  static constexpr int kNumHyper = Rule::kNumHyper;
+
+  explicit GroupLassoMultiApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("use_locking", &use_locking_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("table_names", &table_names_));
+    if (Rule::kFlag != nullptr) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr(Rule::kFlag, &flag_));
+    }
+    const int expected = n_ * (1 + kNumSlots) + 1 + 3 * n_ + kNumHyper + 2 * n_;
+    OP_REQUIRES(ctx, ctx->num_inputs() == expected,
+                errors::Internal(def().op(), " has ", ctx->num_inputs(),
+                                 " inputs; its kernel expects ", expected));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int n = n_;
+    const int num_vars = n * (1 + kNumSlots);
+    const int lr_input = num_vars;
+    const int strengths_input = lr_input + 1;  // l1[t], then l21[t] at +n, l2[t] at +2n
+    const int hyper_input = strengths_input + 3 * n;
+    const int grad_input = hyper_input + kNumHyper;
+    const int indices_input = grad_input + n;
+    LockedVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Acquire(ctx, 0, num_vars, use_locking_));
+    // Variable i of table t: its var (k = 0) or slot k - 1.
+    auto var_index = [n](int t, int k) { return k * n + t; };
+    std::vector<const void*> seen;
+    for (int i = 0; i < num_vars; ++i) seen.push_back(vars.var(i));
+    std::sort(seen.begin(), seen.end());
+    OP_REQUIRES(ctx, std::adjacent_find(seen.begin(), seen.end()) == seen.end(),
+                errors::InvalidArgument("a variable is passed twice (as two tables, or as a "
+                                        "table and a slot): each table must be its own"));
+
+    T lr;
+    T hyper[kNumHyper + 1];
+    OP_REQUIRES_OK(ctx, ReadScalar(ctx, lr_input, &lr));
+    for (int k = 0; k < kNumHyper; ++k) OP_REQUIRES_OK(ctx, ReadScalar(ctx, hyper_input + k, hyper + k));
+
+    std::vector<group_lasso::SparseTable<Rule, T, Tindex>> tables;
+    std::vector<int> table_of;  // the input position of each table that has rows to update
+    std::vector<std::pair<const Tindex*, int64_t>> ids_of;
+    for (int t = 0; t < n; ++t) {
+      const std::string table =
+          (t < static_cast<int>(table_names_.size()) ? "table " + table_names_[t]
+                                                     : "table " + std::to_string(t)) + ": ";
+      const Tensor* var = vars.tensor(var_index(t, 0));
+      for (int k = 0; k <= kNumSlots; ++k) {
+        const Tensor* v = vars.tensor(var_index(t, k));
+        const std::string name = k == 0 ? std::string("var") : Rule::kSlotNames[k - 1];
+        OP_REQUIRES(ctx, v->IsInitialized(),
+                    errors::FailedPrecondition(table, "uninitialized variable ", name));
+        OP_REQUIRES(ctx, v->dtype() == DataTypeToEnum<T>::v(),
+                    errors::InvalidArgument(table, name, " has dtype ", DataTypeString(v->dtype()),
+                                            " but the op was called with T=",
+                                            DataTypeString(DataTypeToEnum<T>::v())));
+        OP_REQUIRES(ctx, v->shape() == var->shape(),
+                    errors::InvalidArgument(table, name, " must have the shape of var ",
+                                            var->shape().DebugString(), ", got ",
+                                            v->shape().DebugString()));
+      }
+      T l1, l21, l2;
+      OP_REQUIRES_OK(ctx, ReadScalar(ctx, strengths_input + t, &l1));
+      OP_REQUIRES_OK(ctx, ReadScalar(ctx, strengths_input + n + t, &l21));
+      OP_REQUIRES_OK(ctx, ReadScalar(ctx, strengths_input + 2 * n + t, &l2));
+      const std::string bad = group_lasso::CheckHyper<Rule, T>(lr, l1, l21, l2, hyper);
+      OP_REQUIRES(ctx, bad.empty(), errors::InvalidArgument(table, bad));
+      const TensorShape& shape = var->shape();
+      OP_REQUIRES(ctx, shape.dims() >= 1,
+                  errors::InvalidArgument(table, "var must have rank >= 1 for a sparse update, "
+                                          "got shape ", shape.DebugString()));
+      const Tensor& indices = ctx->input(indices_input + t);
+      const Tensor& grad = ctx->input(grad_input + t);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
+                  errors::InvalidArgument(table, "indices must be a vector, got shape ",
+                                          indices.shape().DebugString()));
+      TensorShape expected = shape;
+      expected.set_dim(0, indices.dim_size(0));
+      OP_REQUIRES(ctx, grad.shape() == expected,
+                  errors::InvalidArgument(table, "grad must have shape [len(indices)] + "
+                                          "var.shape[1:] = ", expected.DebugString(), ", got ",
+                                          grad.shape().DebugString()));
+      const int64_t rows = shape.dim_size(0);
+      const int64_t dim = rows == 0 ? 0 : shape.num_elements() / rows;
+      const int64_t count = indices.NumElements();
+      const Tindex* ids = indices.template flat<Tindex>().data();
+      const int64_t bad_id = group_lasso::FirstOutOfRange(ids, count, rows);
+      OP_REQUIRES(ctx, bad_id < 0,
+                  errors::InvalidArgument(table, "indices[", bad_id, "] = ",
+                                          bad_id < 0 ? 0 : static_cast<int64_t>(ids[bad_id]),
+                                          " is not in [0, ", rows, "): the variable has ", rows,
+                                          " rows"));
+      if (rows == 0 || dim == 0 || count == 0) continue;  // nothing to update
+      group_lasso::SparseTable<Rule, T, Tindex> entry;
+      entry.config = group_lasso::MakeStepConfig<Rule, T>(lr, l1, l21, l2, hyper, flag_, dim);
+      entry.d = dim;
+      entry.grad = grad.template flat<T>().data();
+      tables.push_back(std::move(entry));
+      table_of.push_back(t);
+      ids_of.emplace_back(ids, count);
+    }
+    // Everything is checked: from here on, writes.
+    for (size_t j = 0; j < tables.size(); ++j) {
+      const int t = table_of[j];
+      for (int k = 0; k <= kNumSlots; ++k) {
+        OP_REQUIRES_OK(ctx, vars.template CopyOnWrite<CPUDevice>(ctx, var_index(t, k)));
+      }
+      tables[j].var = vars.tensor(var_index(t, 0))->template flat<T>().data();
+      for (int k = 0; k < kNumSlots; ++k) {
+        tables[j].slots[k] = vars.tensor(var_index(t, k + 1))->template flat<T>().data();
+      }
+    }
+    // Each table's ids grouped (sorted) on the intra-op threads, then one
+    // pass over the rows of all.
+    functor::IntraOpFor{ctx}(static_cast<int64_t>(tables.size()), 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        tables[j].groups = group_lasso::GroupIds(ids_of[j].first, ids_of[j].second);
+      }
+    });
+    group_lasso::ApplySparseTables(tables, functor::IntraOpFor{ctx});
+  }
+
+ private:
+  Status ReadScalar(OpKernelContext* ctx, int input, T* out) {
+    const Tensor& h = ctx->input(input);
+    if (!TensorShapeUtils::IsScalar(h.shape())) {
+      return errors::InvalidArgument(requested_input(input), " must be a scalar, got shape ",
+                                     h.shape().DebugString());
+    }
+    *out = h.scalar<T>()();
+    return ::tensorflow::OkStatus();
+  }
+
+  int n_ = 0;
+  bool use_locking_ = false;
+  bool flag_ = false;
+  std::vector<std::string> table_names_;
+};
+
 // ---------------------------------------------------------- registration
 template <typename Device, typename T, typename Tindex, typename Rule, bool kSparse,
           bool kStored>
@@ -329,6 +478,33 @@ void RegisterKernels(const char* device, bool host_scalars) {
   RegisterKernel<Device, T, int64_t, Rule, true, kStored>(device, host_scalars);
 }
 
+template <typename T, typename Tindex, typename Rule>
+OpKernel* CreateMultiApplyOp(OpKernelConstruction* ctx) {
+  return new GroupLassoMultiApplyOp<T, Tindex, Rule>(ctx);
+}
+
+template <typename Rule>
+void RegisterMultiKernels() {
+  if constexpr (!Rule::kUsesHessian) {
+    const std::string op = MultiApplyOpName(Rule::kOpName);
+    auto add = [&op](auto* create, ::tensorflow::DataType t, ::tensorflow::DataType index) {
+      ::tensorflow::KernelDefBuilder builder(op.c_str());
+      builder.Device(::tensorflow::DEVICE_CPU).TypeConstraint("T", t).TypeConstraint("Tindices",
+                                                                                   index);
+      ::tensorflow::kernel_factory::OpKernelRegistrar(builder.Build(), "GroupLassoMultiApplyOp",
+                                                      create);
+    };
+    using ::tensorflow::DT_DOUBLE;
+    using ::tensorflow::DT_FLOAT;
+    using ::tensorflow::DT_INT32;
+    using ::tensorflow::DT_INT64;
+    add(&CreateMultiApplyOp<float, int32_t, Rule>, DT_FLOAT, DT_INT32);
+    add(&CreateMultiApplyOp<float, int64_t, Rule>, DT_FLOAT, DT_INT64);
+    add(&CreateMultiApplyOp<double, int32_t, Rule>, DT_DOUBLE, DT_INT32);
+    add(&CreateMultiApplyOp<double, int64_t, Rule>, DT_DOUBLE, DT_INT64);
+  }
+}
+
 template <typename Device, typename Rule>
 void RegisterRuleKernels(const char* device, bool host_scalars) {
   RegisterKernels<Device, float, Rule, false>(device, host_scalars);
@@ -341,8 +517,9 @@ void RegisterRuleKernels(const char* device, bool host_scalars) {
 
 // Registered when the library is loaded, as REGISTER_KERNEL_BUILDER would.
 [[maybe_unused]] static const bool kKernelsRegistered = [] {
-#define GL_REGISTER_KERNELS(RULE)                                           \
-  RegisterRuleKernels<CPUDevice, group_lasso::RULE>(::tensorflow::DEVICE_CPU, false);
+#define GL_REGISTER_KERNELS(RULE)                                               \
+  RegisterRuleKernels<CPUDevice, group_lasso::RULE>(::tensorflow::DEVICE_CPU, false); \
+  RegisterMultiKernels<group_lasso::RULE>();
   GROUP_LASSO_RULES(GL_REGISTER_KERNELS)
 #undef GL_REGISTER_KERNELS
 #if GOOGLE_CUDA

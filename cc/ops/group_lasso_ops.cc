@@ -10,6 +10,12 @@
 //   ResourceSparseApply<kOpName>  the rows named by `indices` (duplicates
 //                                 summed), one gradient row per index
 //
+//   ResourceSparseApply<kOpName>Multi
+//                                 the sparse step of N tables at once (rules
+//                                 that read no Hessian): every input but lr
+//                                 and the rule's hyperparameters is a list
+//                                 of N, one per table
+//
 // and, for rules that read a Hessian estimate, the same two with the suffix
 // "Stored": AdaHessian with a stored estimate (update_every > 1), whose
 // resource `hessian_estimate` holds each row's last estimate. With `estimate`
@@ -115,10 +121,58 @@ void RegisterApplyOp() {
   op();  // registers the op
 }
 
+std::string MultiApplyOpName(const char* op_name) {
+  return ApplyOpName(op_name, /*sparse=*/true, /*stored=*/false) + "Multi";
+}
+
+// Inputs: var, the slots, l1, l21, l2, grad and indices are lists of N (one
+// per table); lr and the rule's hyperparameters are scalars shared by all.
+template <typename Rule>
+void RegisterMultiOp() {
+  static_assert(!Rule::kUsesHessian, "no multi-table op for Hessian rules");
+  const std::string name = MultiApplyOpName(Rule::kOpName);
+  ::tensorflow::register_op::OpDefBuilderWrapper op(name.c_str());
+  op.Input("var: N * resource");
+  for (const char* slot : Rule::kSlotNames) op.Input(std::string(slot) + ": N * resource");
+  op.Input("lr: T");
+  for (const char* strength : {"l1", "l21", "l2"}) op.Input(std::string(strength) + ": N * T");
+  for (int k = 0; k < Rule::kNumHyper; ++k) op.Input(std::string(Rule::kHyper[k].name) + ": T");
+  op.Input("grad: N * T").Input("indices: N * Tindices");
+  op.Attr("N: int >= 1").Attr("T: {float, double}").Attr("Tindices: {int32, int64}");
+  op.Attr("use_locking: bool = false").Attr("table_names: list(string) = []");
+  if (Rule::kFlag != nullptr) op.Attr(std::string(Rule::kFlag) + ": bool = false");
+  op.SetShapeFn([](InferenceContext* c) {
+    int n = 0;
+    TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+    const int first_scalar = n * (1 + Rule::kNumSlots);
+    const int num_scalars = 1 + 3 * n + Rule::kNumHyper;
+    ShapeHandle unused;
+    for (int i = first_scalar; i < first_scalar + num_scalars; ++i) {
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+    }
+    const int first_grad = first_scalar + num_scalars;
+    for (int t = 0; t < n; ++t) {
+      ShapeHandle indices, grad;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(first_grad + n + t), 1, &indices));
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(first_grad + t), 1, &grad));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &rows));
+    }
+    return ::tensorflow::OkStatus();
+  });
+  op.Doc(std::string("Lazy ") + Rule::kOpName +
+         " step on N tables at once: table t's rows named by indices[t] (duplicates summed), "
+         "at its strengths l1[t], l21[t], l2[t], in place; equal to N ResourceSparseApply" +
+         Rule::kOpName + " steps. Errors name table t by table_names[t] when given. (" +
+         "docs/algorithm.md)");
+  op();
+}
+
 template <typename Rule>
 void RegisterRuleOps() {
   RegisterApplyOp<Rule, false, false>();
   RegisterApplyOp<Rule, true, false>();
+  if constexpr (!Rule::kUsesHessian) RegisterMultiOp<Rule>();
   if constexpr (Rule::kUsesHessian) {
     RegisterApplyOp<Rule, false, true>();
     RegisterApplyOp<Rule, true, true>();

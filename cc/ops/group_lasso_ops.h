@@ -11,6 +11,10 @@ namespace group_lasso_tf {
 // "Stored" for the stored-Hessian-estimate variant.
 std::string ApplyOpName(const char* op_name, bool sparse, bool stored);
 
+// ResourceSparseApply<op_name>Multi: the sparse step of N tables in one op
+// (rules that read no Hessian).
+std::string MultiApplyOpName(const char* op_name);
+
 }  // namespace group_lasso_tf
 
 #endif  // GROUP_LASSO_TF_CC_OPS_GROUP_LASSO_OPS_H_

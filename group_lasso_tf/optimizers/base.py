@@ -549,6 +549,10 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
     """Base class of the Keras 3 group optimizers: `GroupLassoMixin` on
     `keras.optimizers.Optimizer`, with its slots as optimizer variables."""
 
+    # The sparse steps of a step's tables in one multi-table op (tests turn
+    # it off to compare with one op per table).
+    _multi_table_steps = True
+
     def __init__(
         self,
         learning_rate,
@@ -617,6 +621,49 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         return self._apply_step(gradient, variable, learning_rate)
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        # Keras's TensorFlow optimizer calls update_step once per variable;
+        # the sparse steps that can share one multi-table op go together.
+        rest = self._apply_multi_table_steps(grads_and_vars, learning_rate)
+        return super()._distributed_tf_update_step(distribution, rest, learning_rate)
+
+    def _apply_multi_table_steps(self, grads_and_vars, learning_rate):
+        """Applies the lazy sparse steps of plain CPU tables (no strategy, not
+        a `DynamicEmbedding` pool) with one multi-table op per dtype pair;
+        returns the (gradient, variable) pairs left to the per-variable path.
+        The op gives every row the step the per-table op gives it."""
+        fused = self._fused()
+        op_name = self._rule.multi_op_name
+        if (fused is None or op_name is None or not self.lazy or not self._multi_table_steps
+                or tf.distribute.has_strategy()):
+            return grads_and_vars
+        groups, rest = {}, []
+        for gradient, variable in grads_and_vars:
+            device = tf.DeviceSpec.from_string(getattr(variable, "device", "") or "")
+            if (isinstance(gradient, tf.IndexedSlices) and dynamic_index(variable) is None
+                    and device.device_type in (None, "CPU")
+                    and gradient.indices.dtype in (tf.int32, tf.int64)):
+                key = (tf.as_dtype(variable.dtype), gradient.indices.dtype)
+                groups.setdefault(key, []).append((gradient, variable))
+            else:
+                rest.append((gradient, variable))
+        for (dtype, _), pairs in groups.items():
+            if len(pairs) == 1:  # nothing to share
+                rest.extend(pairs)
+                continue
+            tables = [self._step_inputs(v, learning_rate) for _, v in pairs]
+            lr, hyper = tables[0][2][0], tables[0][3]
+            _ops.apply_op(op_name)(
+                [var.handle for var, *_ in tables],
+                *[[slots[k].handle for _, slots, *_ in tables]
+                  for k in range(len(self._group_slot_names))],
+                lr, *[[scalars[k] for _, _, scalars, _ in tables] for k in (1, 2, 3)],
+                *hyper, [tf.cast(g.values, dtype) for g, _ in pairs],
+                [g.indices for g, _ in pairs], use_locking=self.use_locking,
+                table_names=[getattr(v, "path", None) or v.name for _, v in pairs],
+                **self._op_attrs())
+        return rest
 
     def get_config(self):
         config = super().get_config()

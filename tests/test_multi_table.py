@@ -1,0 +1,109 @@
+"""The multi-table sparse step (issue 17): the lazy sparse steps of all the
+tables of an `apply` go through one ResourceSparseApply<rule>Multi op, with
+results equal bit for bit to one op per table (same thread count), on
+generated families of tables (shapes, dtypes, index dtypes, duplicates,
+empty batches, per-table strengths), fresh every run; a bad id fails the
+whole step before any write, naming its table."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import group_lasso_tf as gl
+from group_lasso_tf import ops
+
+pytestmark = pytest.mark.skipif(not ops.fused_available(), reason="op library not built")
+
+FACTORIES = {
+    "adam": lambda **k: gl.GroupAdam(learning_rate=0.01, **k),
+    "amsgrad": lambda **k: gl.GroupAdam(learning_rate=0.01, amsgrad=True, **k),
+    "adagrad": lambda **k: gl.GroupAdagrad(learning_rate=0.1, **k),
+    "momentum": lambda **k: gl.GroupMomentum(learning_rate=0.05, momentum=0.9, **k),
+    "ftrl": lambda **k: gl.GroupFtrl(learning_rate=0.1, **k),
+    "rmsprop": lambda **k: gl.GroupRMSprop(learning_rate=0.01, momentum=0.5, centered=True, **k),
+}
+
+
+def _family(rng):
+    """Tables of random shapes and dtypes, and `steps` batches of gradients
+    for each: Zipf-like ids with duplicates, sometimes an empty batch."""
+    tables = []
+    for t in range(int(rng.integers(2, 7))):
+        rows = int(rng.integers(1, 60))
+        shape = (rows,) + tuple(int(d) for d in rng.integers(1, 5, size=rng.integers(0, 3)))
+        # The first two share their dtypes, so that one multi-table op runs.
+        dtype = ["float32", "float64"][int(rng.integers(2))] if t != 1 else tables[0]["init"].dtype
+        index_dtype = ([np.int32, np.int64][int(rng.integers(2))] if t != 1
+                       else tables[0]["index_dtype"])
+        tables.append(dict(name=f"table_{t}", init=rng.normal(size=shape).astype(dtype),
+                           index_dtype=index_dtype))
+    steps = []
+    for _ in range(int(rng.integers(3, 7))):
+        grads = []
+        for table in tables:
+            rows = table["init"].shape[0]
+            n = 0 if rng.random() < 0.15 else int(rng.integers(1, 3 * rows + 2))
+            ids = np.minimum(rng.zipf(1.3, size=n) - 1, rows - 1).astype(table["index_dtype"])
+            values = rng.normal(size=(n,) + table["init"].shape[1:]).astype(table["init"].dtype)
+            grads.append((values, ids))
+        steps.append(grads)
+    return tables, steps
+
+
+def _train(name, tables, steps, batched, strengths):
+    variables = [keras.Variable(t["init"], name=t["name"]) for t in tables]
+    optimizer = FACTORIES[name](l1=1e-3, l21=2e-2, per_variable=strengths)
+    optimizer._multi_table_steps = batched
+    optimizer.build(variables)
+
+    @tf.function
+    def apply(grads):
+        optimizer.apply([tf.IndexedSlices(v, i, tf.shape(var, out_type=i.dtype))
+                         for (v, i), var in zip(grads, variables)], variables)
+
+    for grads in steps:
+        apply([(tf.constant(v), tf.constant(i)) for v, i in grads])
+    graph_ops = {op.type for op in apply.get_concrete_function(
+        [(tf.constant(v), tf.constant(i)) for v, i in steps[0]]).graph.get_operations()}
+    slots = [optimizer.get_slot(v, s).numpy() for v in variables
+             for s in optimizer._group_slot_names]
+    return [v.numpy() for v in variables], slots, graph_ops
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_multi_table_step_equals_one_op_per_table(name, rng):
+    tables, steps = _family(rng)
+    strengths = {t["name"]: {"l21": float(rng.uniform(0, 0.05)), "l1": float(rng.uniform(0, 1e-2))}
+                 for t in tables if rng.random() < 0.6}
+    weights, slots, graph_ops = _train(name, tables, steps, True, strengths)
+    ref_weights, ref_slots, ref_ops = _train(name, tables, steps, False, strengths)
+    assert any(op.endswith("Multi") for op in graph_ops), sorted(graph_ops)
+    assert not any(op.endswith("Multi") for op in ref_ops)
+    for a, b in zip(weights + slots, ref_weights + ref_slots):
+        np.testing.assert_array_equal(a, b)
+    # The step did something, and the group lasso zeroed rows somewhere.
+    assert any(not np.array_equal(w, t["init"]) for w, t in zip(weights, tables))
+
+
+def test_a_bad_id_fails_the_whole_step_naming_its_table_before_any_write(rng):
+    """Three tables, the second with an id out of range: an error naming it,
+    and no table or slot changed."""
+    variables = [keras.Variable(rng.normal(size=(rows, 3)).astype("float32"), name=f"tab{rows}")
+                 for rows in (5, 7, 9)]
+    optimizer = gl.GroupAdam(learning_rate=0.1, l21=1e-2)
+    optimizer.build(variables)
+    before = [v.numpy() for v in variables]
+    slots = [optimizer.get_slot(v, s) for v in variables for s in optimizer._group_slot_names]
+    slots_before = [s.numpy() for s in slots]
+    grads = [tf.IndexedSlices(tf.ones((2, 3)), tf.constant([0, 1]), tf.constant([5, 3])),
+             tf.IndexedSlices(tf.ones((2, 3)), tf.constant([3, 7]), tf.constant([7, 3])),
+             tf.IndexedSlices(tf.ones((1, 3)), tf.constant([2]), tf.constant([9, 3]))]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tab7.*indices\[1\] = 7"):
+        tf.function(lambda: optimizer.apply(grads, variables))()
+    for v, b in zip(variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+    # (One op per table wrote the tables before the bad one. Keras's step
+    # counter still counts the failed step: it is incremented apart.)
+    for s, b in zip(slots, slots_before):
+        np.testing.assert_array_equal(s.numpy(), b)
