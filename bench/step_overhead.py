@@ -8,7 +8,7 @@ The model is the DeepFM-style model of examples/criteo_deepfm.py with one
 embedding table (dim 16) per categorical field and an MLP 64-32 over 13
 dense features. With 26 tables the cardinalities are Criteo's (those of
 bench/deepfm_e2e.py, 9,669,296 rows in all) divided by `scale` (at least one
-row each); with more tables the list repeats. Each step takes 1,024 examples
+row each); with more tables the list repeats, scaled to the same total. Each step takes 1,024 examples
 of Zipf-distributed ids per field. Side by side in one process, interleaved
 rounds of `--steps` steps, median of the per-round times:
 
@@ -24,15 +24,22 @@ rounds of `--steps` steps, median of the per-round times:
   the cost of the ops alone, without the optimizer's Python-built graph
   around them.
 
+`--profile OPTIMIZER` instead traces 10 steps of `+ OPTIMIZER` with
+TensorFlow's profiler and prints the op time per step by op type, split into
+the optimizer's ops (its name scope) and the model's.
+
 The ratios are those of issue 17: full step / forward+backward. GroupAdaHessian
 is not in the table: its forward+backward also computes Hessian-vector
 products (bench/adahessian_cost.py).
 """
 
 import argparse
+import collections
 import gc
+import glob
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -67,8 +74,11 @@ OPTIMIZERS = {
 
 
 def cardinalities(tables, scale):
+    """Criteo's cardinalities repeated to `tables` tables, scaled so that
+    the rows in all are Criteo's total / `scale` whatever the table count."""
     repeated = (CARDINALITIES * (-(-tables // len(CARDINALITIES))))[:tables]
-    return [max(c // scale, 1) for c in repeated]
+    factor = scale * sum(repeated) / sum(CARDINALITIES)
+    return [max(int(c / factor), 1) for c in repeated]
 
 
 def make_batches(rng, sizes, count):
@@ -148,6 +158,53 @@ def measure(sizes, names, rounds, steps, rng):
             for name, t in times.items()}
 
 
+def profile(sizes, name, rng, steps=10):
+    """{(part, op type): microseconds per step} of `+ name` steps, from a
+    TensorFlow profiler trace (part: "optimizer" for the ops in the
+    optimizer's name scope, else "model")."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    keras.utils.set_random_seed(0)
+    model = criteo_deepfm.build_deepfm(sizes, NUM_DENSE, embedding_dim=DIM, hidden=(64, 32))
+    variables = model.trainable_variables
+    optimizer = OPTIMIZERS[name]()
+    optimizer.build(variables)
+    batches = make_batches(rng, sizes, steps)
+    loss_fn = keras.losses.BinaryCrossentropy()
+
+    @tf.function
+    def step(ids, dense, labels):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels[:, None], model([ids, dense], training=True))
+        grads = tape.gradient(loss, variables)
+        optimizer.apply(grads, variables)
+        return loss, grads
+
+    for b in batches[:2]:
+        step(*b)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for b in batches:
+            step(*b)
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    micros = collections.defaultdict(float)
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor's op events
+                continue
+            for event in line.events:
+                op = plane.event_metadata[event.metadata_id].name
+                kind = op.rsplit(":", 1)[-1]
+                if kind in ("Process", "ParallelFor", "ExecutorDoneCallback"):
+                    continue  # spans that contain ops, not ops
+                part = "optimizer" if op.startswith(optimizer.name + "/") else "model"
+                micros[(part, kind)] += event.duration_ps / 1e6 / len(batches)
+    return micros
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default="26,100")
@@ -156,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--profile", metavar="OPTIMIZER",
+                        help="profile the steps of one optimizer instead of timing them")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -166,6 +225,19 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown optimizers {sorted(unknown)}; known: {sorted(OPTIMIZERS)}")
     rng = np.random.default_rng(0)
+    if args.profile:
+        for tables in map(int, args.tables.split(",")):
+            for scale in map(int, args.scales.split(",")):
+                sizes = cardinalities(tables, scale)
+                micros = profile(sizes, args.profile, rng)
+                print(f"\n{tables} tables, {sum(sizes):,} rows, + {args.profile}: op time per step")
+                for part in ("optimizer", "model"):
+                    items = sorted(((us, kind) for (p, kind), us in micros.items() if p == part),
+                                   reverse=True)
+                    print(f"  {part}: {sum(us for us, _ in items):.0f} us in all")
+                    for us, kind in items[:8]:
+                        print(f"    {us:9.0f} us  {kind}")
+        return micros
     print(f"DeepFM-style model, dim {DIM}, MLP 64-32, batch {BATCH}; median of {args.rounds} "
           f"interleaved rounds of {args.steps} steps; ratio = step / fwd+bwd (per round)")
     results = []
@@ -179,6 +251,7 @@ def main(argv=None):
                 for config, (ms, ratio) in out.items():
                     print(f"  {config:<28}{ms:>9.2f} ms{ratio:>8.2f}x")
                     results.append((tables, sum(sizes), config, ms, ratio))
+                keras.backend.clear_session()  # free the model and slots before the next
                 gc.collect()
     if args.quick:
         assert all(np.isfinite(ms) and ms > 0 and ratio > 0 for *_, ms, ratio in results), results

@@ -193,6 +193,25 @@ void ApplyDense(const StepConfig<Rule, T>& config, int64_t num_rows, int64_t d,
   });
 }
 
+// Asks for the cache lines of row `row` of var and its slots (d values of T
+// each): a sparse step's rows are scattered over arrays far larger than the
+// caches, and the row step is long enough that the processor does not reach
+// the next row's loads by itself.
+template <int kNumSlots, typename T>
+inline void PrefetchRow(const T* var, T* const* slots, int64_t row, int64_t d) {
+  const int64_t first = row * d;
+  const int64_t last = first + d - 1;
+  __builtin_prefetch(var + first, 1);
+  __builtin_prefetch(var + last, 1);
+  for (int k = 0; k < kNumSlots; ++k) {
+    __builtin_prefetch(slots[k] + first, 1);
+    __builtin_prefetch(slots[k] + last, 1);
+  }
+}
+
+// How many rows ahead a sparse step prefetches.
+constexpr int64_t kPrefetchRows = 4;
+
 // Row u of a sparse batch (`values` holds one row of d per position): the
 // row of its only position, or the sum of its duplicates in `*summed`.
 template <typename T, typename Tindex>
@@ -226,6 +245,9 @@ void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
     // row with no estimate yet).
     std::vector<T> summed_grad, summed_hess, scratch;
     for (int64_t u = begin; u < end; ++u) {
+      if (u + kPrefetchRows < end) {
+        PrefetchRow<Rule::kNumSlots>(var, slots, static_cast<int64_t>(groups.ids[u + kPrefetchRows]), d);
+      }
       const int64_t row = static_cast<int64_t>(groups.ids[u]);
       const T* g = GroupRow(groups, u, d, grad, &summed_grad);
       const T* hess_row = nullptr;
@@ -274,7 +296,16 @@ void ApplySparseTables(const std::vector<SparseTable<Rule, T, Tindex>>& tables,
     T* row_slots[Rule::kNumSlots];
     std::vector<T> summed;  // only allocated when a shard meets a duplicate
     size_t t = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    size_t ahead_table = t;  // the table of item + kPrefetchRows
     for (int64_t item = begin; item < end; ++item) {
+      const int64_t ahead = item + kPrefetchRows;
+      if (ahead < end) {
+        while (ahead >= offsets[ahead_table + 1]) ++ahead_table;
+        const SparseTable<Rule, T, Tindex>& next = tables[ahead_table];
+        PrefetchRow<Rule::kNumSlots>(
+            next.var, next.slots,
+            static_cast<int64_t>(next.groups.ids[ahead - offsets[ahead_table]]), next.d);
+      }
       while (item >= offsets[t + 1]) ++t;
       const SparseTable<Rule, T, Tindex>& table = tables[t];
       const int64_t u = item - offsets[t];
