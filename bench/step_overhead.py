@@ -218,8 +218,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tables, args.scales, args.rounds, args.steps = "26", "1000", 2, 2
-        args.optimizers = "GroupAdam,keras Adam"
+        args.tables, args.scales, args.rounds, args.steps = "26", "1000", 1, 2
+        args.optimizers = "GroupAdam"
     names = args.optimizers.split(",")
     unknown = set(names) - set(OPTIMIZERS)
     if unknown:

@@ -239,7 +239,7 @@ def test_ps_dynamic_table_sharded_by_key_equals_single_process(ps_cluster, tmp_p
     shard (pool, index, slots) per server, and sequential steps give the
     one-process result with the same two shards bit for bit (rows per id,
     counters, dense weights); the PS checkpoint restores into one process."""
-    args = ["--dynamic", "--steps", "12", "--l21", "5e-5",
+    args = ["--dynamic", "--steps", "8", "--l21", "5e-5",
             "--capacity", "8192"]
     out = ps_cluster.run_chief(args + ["--sequential", "--checkpoint", str(tmp_path / "ckpt"),
                                        "--save-weights", str(tmp_path / "ps.npz")])

@@ -215,8 +215,8 @@ def test_a_sharded_table_trains_like_one_table(on_full, rng):
     lasso releases included (float32, 1e-6)."""
     num_shards = int(rng.integers(2, 5))
     universe = _keys(rng, 60)
-    batches = [universe[rng.integers(0, 60, size=(32, 3))] for _ in range(25)]
-    targets = [rng.normal(size=(32, 1)).astype(np.float32) for _ in range(25)]
+    batches = [universe[rng.integers(0, 60, size=(32, 3))] for _ in range(15)]
+    targets = [rng.normal(size=(32, 1)).astype(np.float32) for _ in range(15)]
     init = keras.initializers.Constant(0.05)
     results = []
     for shards in (1, num_shards):

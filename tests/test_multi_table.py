@@ -107,3 +107,40 @@ def test_a_bad_id_fails_the_whole_step_naming_its_table_before_any_write(rng):
     # counter still counts the failed step: it is incremented apart.)
     for s, b in zip(slots, slots_before):
         np.testing.assert_array_equal(s.numpy(), b)
+
+
+def test_dynamic_table_shards_take_the_multi_table_path(rng):
+    """A 3-shard DynamicEmbedding with LRU eviction and releases: the same
+    pools, index, slots and counters through the multi-table op as through
+    one op per shard, bit for bit."""
+    from group_lasso_tf.layers import DynamicEmbedding
+
+    keys = rng.integers(-2**62, 2**62, size=80)
+    batches = [keys[rng.integers(0, 80, size=48)] for _ in range(12)]
+    results = []
+    for batched in (True, False):
+        keras.utils.set_random_seed(7)
+        layer = DynamicEmbedding(4, capacity=36, on_full="evict_lru", num_shards=3,
+                                 embeddings_initializer=keras.initializers.RandomNormal(seed=1))
+        optimizer = gl.GroupAdam(learning_rate=0.05, l1=1e-3, l21=3e-2)
+        optimizer._multi_table_steps = batched
+        weight = tf.constant([1.0, -2.0, 0.5, 3.0])
+
+        @tf.function
+        def step(ids):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(layer(ids)) * weight)
+            optimizer.apply(tape.gradient(loss, layer.pools), layer.pools)
+
+        for ids in batches:
+            step(tf.constant(ids))
+        graph_ops = {op.type for op in step.get_concrete_function(
+            tf.constant(batches[0])).graph.get_operations()}
+        assert any(op.endswith("Multi") for op in graph_ops) == batched
+        results.append([keras.ops.convert_to_numpy(w) for w in layer.weights] +
+                       [optimizer.get_slot(p, s).numpy() for p in layer.pools
+                        for s in optimizer._group_slot_names])
+        stats = layer.table_stats()
+    assert stats["released"] > 0 and stats["evicted"] > 0, stats
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -246,7 +246,8 @@ void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
     std::vector<T> summed_grad, summed_hess, scratch;
     for (int64_t u = begin; u < end; ++u) {
       if (u + kPrefetchRows < end) {
-        PrefetchRow<Rule::kNumSlots>(var, slots, static_cast<int64_t>(groups.ids[u + kPrefetchRows]), d);
+        const int64_t ahead = static_cast<int64_t>(groups.ids[u + kPrefetchRows]);
+        PrefetchRow<Rule::kNumSlots>(var, slots, ahead, d);
       }
       const int64_t row = static_cast<int64_t>(groups.ids[u]);
       const T* g = GroupRow(groups, u, d, grad, &summed_grad);

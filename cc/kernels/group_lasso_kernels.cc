@@ -329,7 +329,9 @@ class GroupLassoMultiApplyOp : public OpKernel {
     T lr;
     T hyper[kNumHyper + 1];
     OP_REQUIRES_OK(ctx, ReadScalar(ctx, lr_input, &lr));
-    for (int k = 0; k < kNumHyper; ++k) OP_REQUIRES_OK(ctx, ReadScalar(ctx, hyper_input + k, hyper + k));
+    for (int k = 0; k < kNumHyper; ++k) {
+      OP_REQUIRES_OK(ctx, ReadScalar(ctx, hyper_input + k, hyper + k));
+    }
 
     std::vector<group_lasso::SparseTable<Rule, T, Tindex>> tables;
     std::vector<int> table_of;  // the input position of each table that has rows to update
@@ -406,7 +408,8 @@ class GroupLassoMultiApplyOp : public OpKernel {
     }
     // Each table's ids grouped (sorted) on the intra-op threads, then one
     // pass over the rows of all.
-    functor::IntraOpFor{ctx}(static_cast<int64_t>(tables.size()), 1 << 14, [&](int64_t begin, int64_t end) {
+    const int64_t num_tables = static_cast<int64_t>(tables.size());
+    functor::IntraOpFor{ctx}(num_tables, 1 << 14, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         tables[j].groups = group_lasso::GroupIds(ids_of[j].first, ids_of[j].second);
       }

@@ -177,6 +177,22 @@ def check_variable_dtypes(optimizer, var_list):
             )
 
 
+def _clear_stale_slots(shard, slots, indices, dtype):
+    """Before a sparse update of a `DynamicEmbedding` pool: zeroes the slot
+    rows that eviction gave to a new id (only `evict_lru` leaves any)."""
+    if shard.on_full != "evict_lru":
+        return tf.no_op()
+    return _ops.fused_ops().group_lasso_dynamic_clear_stale(
+        *shard.index_handles(), [s.handle for s in slots], indices, T=dtype)
+
+
+def _release_zero_rows(shard, var, slots, indices, dtype):
+    """After a sparse update of a `DynamicEmbedding` pool: frees the rows of
+    `indices` that it left exactly zero (their ids leave the index)."""
+    return _ops.fused_ops().group_lasso_dynamic_release(
+        *shard.index_handles(), var.handle, [s.handle for s in slots], indices, T=dtype)
+
+
 @dataclasses.dataclass
 class StepExtras:
     """Inputs of one step beyond the gradient, for rules that take more (the
@@ -405,9 +421,8 @@ class GroupLassoMixin(StrengthsMixin):
                 slot_vars = [resource_variable(self.get_slot(variable, n), n)
                              for n in self._group_slot_names]
                 with tf.control_dependencies([write]):
-                    _ops.fused_ops().group_lasso_dynamic_release(
-                        *shard.index_handles(), var.handle, [s.handle for s in slot_vars],
-                        tf.range(shard.capacity, dtype=tf.int64), T=var.dtype)
+                    _release_zero_rows(shard, var, slot_vars,
+                                       tf.range(shard.capacity, dtype=tf.int64), var.dtype)
 
     def _check_finite(self, tensors, variables, what):
         """The checks that `tensors` are finite, each failing with a message
@@ -485,21 +500,15 @@ class GroupLassoMixin(StrengthsMixin):
                     var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2,
                     *hyper, values, *extra, *extras.after, indices, use_locking=self.use_locking,
                     **self._op_attrs())
-            # A DynamicEmbedding pool (of one shard): slots of rows that eviction gave to a new
-            # id are cleared first (only eviction leaves stale slots); rows the
-            # update zeroes are freed after it.
-            clear = tf.no_op() if shard.on_full != "evict_lru" else (
-                fused.group_lasso_dynamic_clear_stale(
-                    *shard.index_handles(), [s.handle for s in slots], indices, T=dtype))
-            with tf.control_dependencies([clear]):
+            # A DynamicEmbedding pool (of one shard): stale slots cleared
+            # before the update, zeroed rows freed after it.
+            with tf.control_dependencies([_clear_stale_slots(shard, slots, indices, dtype)]):
                 update = _ops.apply_op(sparse_op)(
                     var.handle, *[s.handle for s in slots], *store_handles, lr, l1, l21, l2,
                     *hyper, values, *extra, *extras.after, indices, use_locking=self.use_locking,
                     **self._op_attrs())
             with tf.control_dependencies([update]):
-                released = fused.group_lasso_dynamic_release(
-                    *shard.index_handles(), var.handle, [s.handle for s in slots], indices, T=dtype)
-            return tf.group(released)
+                return tf.group(_release_zero_rows(shard, var, slots, indices, dtype))
         grad = tf.cast(gradient, dtype)
         extra = [tf.cast(t, dtype) for t in gradient_like]
         if fused is None:
@@ -629,10 +638,11 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         return super()._distributed_tf_update_step(distribution, rest, learning_rate)
 
     def _apply_multi_table_steps(self, grads_and_vars, learning_rate):
-        """Applies the lazy sparse steps of plain CPU tables (no strategy, not
-        a `DynamicEmbedding` pool) with one multi-table op per dtype pair;
-        returns the (gradient, variable) pairs left to the per-variable path.
-        The op gives every row the step the per-table op gives it."""
+        """Applies the lazy sparse steps of CPU tables (no strategy) with one
+        multi-table op per dtype pair, `DynamicEmbedding` pools with their
+        clearing before and release after it; returns the (gradient,
+        variable) pairs left to the per-variable path. The op gives every row
+        the step the per-table op gives it."""
         fused = self._fused()
         op_name = self._rule.multi_op_name
         if (fused is None or op_name is None or not self.lazy or not self._multi_table_steps
@@ -641,8 +651,7 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
         groups, rest = {}, []
         for gradient, variable in grads_and_vars:
             device = tf.DeviceSpec.from_string(getattr(variable, "device", "") or "")
-            if (isinstance(gradient, tf.IndexedSlices) and dynamic_index(variable) is None
-                    and device.device_type in (None, "CPU")
+            if (isinstance(gradient, tf.IndexedSlices) and device.device_type in (None, "CPU")
                     and gradient.indices.dtype in (tf.int32, tf.int64)):
                 key = (tf.as_dtype(variable.dtype), gradient.indices.dtype)
                 groups.setdefault(key, []).append((gradient, variable))
@@ -654,15 +663,23 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
                 continue
             tables = [self._step_inputs(v, learning_rate) for _, v in pairs]
             lr, hyper = tables[0][2][0], tables[0][3]
-            _ops.apply_op(op_name)(
-                [var.handle for var, *_ in tables],
-                *[[slots[k].handle for _, slots, *_ in tables]
-                  for k in range(len(self._group_slot_names))],
-                lr, *[[scalars[k] for _, _, scalars, _ in tables] for k in (1, 2, 3)],
-                *hyper, [tf.cast(g.values, dtype) for g, _ in pairs],
-                [g.indices for g, _ in pairs], use_locking=self.use_locking,
-                table_names=[getattr(v, "path", None) or v.name for _, v in pairs],
-                **self._op_attrs())
+            pools = [(dynamic_index(v), var, slots, g.indices)
+                     for (g, v), (var, slots, *_) in zip(pairs, tables)
+                     if dynamic_index(v) is not None]
+            with tf.control_dependencies([_clear_stale_slots(shard, slots, indices, dtype)
+                                          for shard, _, slots, indices in pools]):
+                update = _ops.apply_op(op_name)(
+                    [var.handle for var, *_ in tables],
+                    *[[slots[k].handle for _, slots, *_ in tables]
+                      for k in range(len(self._group_slot_names))],
+                    lr, *[[scalars[k] for _, _, scalars, _ in tables] for k in (1, 2, 3)],
+                    *hyper, [tf.cast(g.values, dtype) for g, _ in pairs],
+                    [g.indices for g, _ in pairs], use_locking=self.use_locking,
+                    table_names=[getattr(v, "path", None) or v.name for _, v in pairs],
+                    **self._op_attrs())
+            with tf.control_dependencies([update]):
+                for shard, var, slots, indices in pools:
+                    _release_zero_rows(shard, var, slots, indices, dtype)
         return rest
 
     def get_config(self):
