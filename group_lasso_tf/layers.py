@@ -30,11 +30,14 @@ def _positive_int(name, value):
 
 
 def _num_parameter_servers(strategy):
-    """The parameter servers of a ParameterServerStrategy (its cluster spec's
-    `ps` tasks; the strategy keeps the count, its public
-    `extended.parameter_devices` does not list them)."""
-    return int(getattr(strategy.extended, "_num_ps", 0)) or len(
-        strategy.extended.parameter_devices)
+    """The parameter servers of a ParameterServerStrategy: the count the
+    strategy keeps from its cluster spec (no public attribute has it: its
+    `extended.parameter_devices` lists one device)."""
+    count = getattr(strategy.extended, "_num_ps", None)
+    if not count:
+        raise ValueError("DynamicEmbedding cannot tell how many parameter servers this "
+                         "ParameterServerStrategy has: pass `num_shards`")
+    return int(count)
 
 
 def _power_of_two_at_least(n):

@@ -663,9 +663,10 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
                 continue
             tables = [self._step_inputs(v, learning_rate) for _, v in pairs]
             lr, hyper = tables[0][2][0], tables[0][3]
-            pools = [(dynamic_index(v), var, slots, g.indices)
-                     for (g, v), (var, slots, *_) in zip(pairs, tables)
-                     if dynamic_index(v) is not None]
+            shards = [dynamic_index(v) for _, v in pairs]
+            pools = [(shard, var, slots, g.indices)
+                     for shard, (g, _), (var, slots, *_) in zip(shards, pairs, tables)
+                     if shard is not None]
             with tf.control_dependencies([_clear_stale_slots(shard, slots, indices, dtype)
                                           for shard, _, slots, indices in pools]):
                 update = _ops.apply_op(op_name)(
