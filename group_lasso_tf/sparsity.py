@@ -202,12 +202,17 @@ class SparsityTarget(keras.callbacks.Callback):
        of the counted rows of the steered tables, k = round(r(t) * rows),
        so that exactly the fraction r(t) of them is zero at that strength
        (with `per_table=True`, each table's k is within one row of its
-       share and the k add up to round(r(t) * all rows): `zero_counts`);
+       share and the k add up to round(r(t) * all rows): `zero_counts`;
+       rows of equal survival strength are zero or live together, so where
+       a tie group straddles the k-th row the strength goes below or above
+       the group, whichever is nearer, and the next larger table makes up
+       the difference: `unit_strengths`);
     2. re-applies the proximal step to every trained row of those tables at
        the new strength (`optimizer.shrink_rows`), so that rows not updated
        since do not keep weights of the old strength.
 
-    After an update the sparsity equals r(t) up to one row (and ties).
+    After an update the sparsity equals r(t) up to one row, or half a tie
+    group.
     The reference r(t) is tfmot's cubic schedule, from 0 at `begin_step` to
     `target` at `end_step`, then `target`:
 
@@ -380,9 +385,7 @@ class SparsityTarget(keras.callbacks.Callback):
         values = [np.concatenate([survival[i] / self._ratios[i] for i in unit])
                   for unit in self._units]
         values = [v[~np.isnan(v)] for v in values]
-        for unit, v, k in zip(self._units, values,
-                              zero_counts([v.size for v in values], reference)):
-            level = strength_at_count(v, k)
+        for unit, level in zip(self._units, unit_strengths(values, reference)):
             if level is None:
                 continue
             for i in unit:
@@ -446,20 +449,52 @@ def zero_counts(rows, fraction):
     return counts
 
 
+def unit_strengths(values, fraction):
+    """The `l21` of each unit (None for a unit without rows), given the
+    survival strengths of its rows, so that `round(fraction * all rows)` of
+    them are zero: each unit's count from `zero_counts`, its strength from
+    `strength_at_count`. Ties may keep a unit from its count; the units
+    after it make up the difference: first the units whose rows of strength
+    0 (zero at any `l21`, through `l1`) exceed their count, then the others,
+    smallest first, so that the largest absorb it. The total is then off by
+    at most half a tie group of the last unit, unless every unit is at its
+    fewest zero rows."""
+    counts = zero_counts([v.size for v in values], fraction)
+    forced = [np.count_nonzero(v <= 0) > k for v, k in zip(values, counts)]
+    levels = [None] * len(values)
+    carry = 0  # rows zeroed so far beyond the counts
+    for u in sorted(range(len(values)), key=lambda u: (not forced[u], values[u].size)):
+        levels[u] = strength_at_count(values[u], counts[u] - carry)
+        if levels[u] is not None:
+            carry += int(np.count_nonzero(values[u] <= levels[u])) - int(counts[u])
+    return levels
+
+
 def strength_at_count(survival, k):
-    """The `l21` at which `k` of the rows with these survival strengths are
-    zero: midway between the k-th and (k+1)-th smallest (ties at the k-th
-    are all zero). None when there are no rows."""
+    """The `l21` at which as close to `k` as possible of the rows with these
+    survival strengths are zero; None when there are no rows.
+
+    Rows of equal strength are zero or live together (rows with identical
+    slots, e.g. ids whose gradients were identical, are common), so when the
+    k-th smallest strength is shared the two counts a strength can give are
+    the rows strictly below it and the rows up to and including it: the one
+    nearer k is taken (the larger on a draw). The strength returned lies
+    midway between that group and its neighbour, away from both."""
     n = survival.size
     if n == 0:
         return None
-    if k >= n:
-        top = float(survival.max())
-        return 2 * top if top > 0 else 0.0
+    k = min(max(int(k), 0), n)
     if k == 0:
-        return 0.5 * float(np.partition(survival, 0)[0])
-    ordered = np.partition(survival, [k - 1, k])  # one pass for both neighbours
-    return 0.5 * (float(ordered[k - 1]) + float(ordered[k]))
+        return 0.5 * float(survival.min())  # rows of strength 0 are zero at any l21
+    kth = float(np.partition(survival, k - 1)[k - 1])
+    below = survival[survival < kth]
+    above = survival[survival > kth]
+    up_to = n - above.size
+    if kth > 0 and k - below.size < up_to - k:  # fewer rows zero is nearer k
+        return 0.5 * (float(below.max()) + kth) if below.size else 0.5 * kth
+    if above.size == 0:
+        return 2 * kth if kth > 0 else 0.0
+    return 0.5 * (kth + float(above.min()))
 
 
 def strength_at_sparsity(survival, fraction):

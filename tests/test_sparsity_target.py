@@ -114,6 +114,48 @@ def test_strength_at_sparsity_is_the_quantile():
     assert sparsity.strength_at_sparsity(np.array([]), 0.5) is None
 
 
+def _tied_strengths(rng):
+    """Survival strengths with tie groups (rows with identical slots) of 1-30 rows."""
+    groups = rng.integers(1, 31 if rng.integers(2) else 2, size=rng.integers(1, 60))
+    values = rng.permutation(rng.uniform(1e-12, 1e-3, size=groups.size))
+    if rng.integers(2):
+        values[0] = 0.0  # rows zero at any l21 (through l1)
+    return rng.permutation(np.repeat(values, groups))
+
+
+def test_strength_at_count_takes_the_nearer_side_of_a_tie_group(rng):
+    for _ in range(300):
+        values = _tied_strengths(rng)
+        k = int(rng.integers(0, values.size + 1))
+        level = sparsity.strength_at_count(values, k)
+        zeroed = np.sum(values <= level)
+        # What a strength can give: 0 (if no strength is 0) or a whole group more.
+        possible = np.unique(np.concatenate([[0] if values.min() > 0 else [],
+                                             np.searchsorted(np.sort(values), values,
+                                                             side="right")]))
+        assert abs(zeroed - k) == np.min(np.abs(possible - k)), (k, zeroed)
+        assert level >= 0 and not np.any(values == level) or level == 0
+
+
+def test_unit_strengths_carry_what_ties_hold_back(rng):
+    """The units' zero rows add up to the total within half of the largest
+    tie group (or are the fewest possible: rows of strength 0 are zero at
+    any l21); units without ties get their counts to the row."""
+    for _ in range(100):
+        values = [_tied_strengths(rng) for _ in range(rng.integers(1, 6))]
+        fraction = float(rng.uniform(0, 1))
+        levels = sparsity.unit_strengths(values, fraction)
+        zeroed = [np.sum(v <= level) for v, level in zip(values, levels)]
+        total = sum(v.size for v in values)
+        largest = max(np.unique(v, return_counts=True)[1].max() for v in values)
+        fewest = sum(np.sum(v <= 0) for v in values)
+        assert abs(sum(zeroed) - round(fraction * total)) <= largest / 2 \
+            or sum(zeroed) == fewest, (zeroed, fraction, total)
+        distinct = [v for v in values if np.unique(v).size == v.size and v.min() > 0]
+        if len(distinct) == len(values):
+            assert list(zeroed) == list(sparsity.zero_counts([v.size for v in values], fraction))
+
+
 def test_zero_counts_share_the_total_within_one_row_each(rng):
     for _ in range(200):
         rows = rng.integers(0, 50, size=rng.integers(1, 30)) * rng.integers(1, 20)
