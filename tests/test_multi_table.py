@@ -144,3 +144,44 @@ def test_dynamic_table_shards_take_the_multi_table_path(rng):
     assert stats["released"] > 0 and stats["evicted"] > 0, stats
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def _optimizer_op_counts(optimizer, tables, dense):
+    """{op type: count} of the ops in `optimizer`'s name scope in the graph
+    of one apply over `tables` (sparse gradients) and `dense` variables."""
+    variables = tables + dense
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        grads = [tf.IndexedSlices(tf.ones([3, 4]), tf.constant([0, 2, 0]), tf.constant([5, 4]))
+                 for _ in tables] + [tf.ones_like(v) for v in dense]
+        optimizer.apply(grads, variables)
+
+    counts = {}
+    for op in step.get_concrete_function().graph.get_operations():
+        if op.name.startswith(optimizer.name + "/"):
+            counts[op.type] = counts.get(op.type, 0) + 1
+    return counts
+
+
+def test_step_scalars_are_made_once_per_step_not_per_table(rng):
+    """The learning rate and the rule's hyperparameters (Adam's bias
+    corrections) are made once per step and dtype, the strengths of all
+    tables cast with one op: adding tables adds their three strength reads
+    and nothing else."""
+    counts = []
+    dense = [keras.Variable(np.ones((4, 3), "float32"), name="kernel")]
+    for n in (int(rng.integers(2, 5)), int(rng.integers(6, 12))):
+        tables = [keras.Variable(np.ones((5, 4), "float32"), name=f"t{i}") for i in range(n)]
+        optimizer = gl.GroupAdam(learning_rate=0.01, l1=1e-4, l21=1e-3, regularize_dense=True,
+                                 per_variable={"t1": {"l21": 2e-3}})
+        counts.append((n, _optimizer_op_counts(optimizer, tables, dense)))
+    (n1, small), (n2, large) = counts
+    assert small.get("ResourceSparseApplyGroupAdamMulti") == large.get(
+        "ResourceSparseApplyGroupAdamMulti") == 1
+    assert large["ReadVariableOp"] - small["ReadVariableOp"] == 3 * (n2 - n1)
+    for kind in set(small) | set(large):
+        if kind not in ("ReadVariableOp", "Placeholder", "Const"):
+            assert small.get(kind) == large.get(kind), (kind, small, large)
+    assert small["Pow"] == 2  # beta_1^t and beta_2^t, once

@@ -28,6 +28,12 @@ def check_strength(name, value):
 STRENGTH_NAMES = ("l1", "l21", "l2")
 
 
+def _is_held(strength):
+    """Whether a strength spec is an optimizer variable (not a number or a
+    schedule)."""
+    return not (callable(strength) or isinstance(strength, numbers.Real))
+
+
 def _strength_spec(name, value):
     """A strength as given: a float >= 0 (checked), or a callable of the step
     (a schedule or a function)."""
@@ -185,12 +191,27 @@ class StrengthsMixin:
         raise NotImplementedError
 
     def _strengths(self, variable, dtype):
-        if not self._is_regularized(variable):
-            return [tf.zeros([], dtype)] * 3
-        state = self._strength_state.get(self._var_key(variable))
-        if state is None:  # not built for this variable: the specs as given
-            state = self._strength_specs(variable)
-        return [self._strength_tensor(state[name], dtype) for name in STRENGTH_NAMES]
+        return self._strengths_of([variable], dtype)[0]
+
+    def _strengths_of(self, variables, dtype):
+        """[l1, l21, l2] of each of `variables` as `dtype` scalars. The
+        strengths held in (float64) optimizer variables are read, then cast
+        together, one Cast op for all: a multi-table step reads three per
+        table."""
+        specs = []
+        for v in variables:
+            if not self._is_regularized(v):
+                specs.append([0.0] * 3)
+                continue
+            state = self._strength_state.get(self._var_key(v))
+            if state is None:  # not built for this variable: the specs as given
+                state = self._strength_specs(v)
+            specs.append([state[name] for name in STRENGTH_NAMES])
+        held = [x for spec in specs for x in spec if _is_held(x)]
+        cast = iter(tf.unstack(tf.cast(tf.stack([tf.convert_to_tensor(x) for x in held]), dtype))
+                    if len(held) > 1 else [tf.cast(x, dtype) for x in held])
+        return [[next(cast) if _is_held(x) else self._strength_tensor(x, dtype) for x in spec]
+                for spec in specs]
 
     def _strength_tensor(self, value, dtype):
         if isinstance(value, numbers.Real):
