@@ -154,7 +154,8 @@ IdGroups<Tindex> GroupIds(const Tindex* ids, int64_t n) {
   // the cache and the hardware prefetcher when the rows are updated.
   std::vector<IdPosition> pairs(n);
   for (int64_t i = 0; i < n; ++i) {
-    pairs[i] = {static_cast<uint64_t>(static_cast<int64_t>(ids[i]) - static_cast<int64_t>(min_id)), i};
+    const int64_t offset = static_cast<int64_t>(ids[i]) - static_cast<int64_t>(min_id);
+    pairs[i] = {static_cast<uint64_t>(offset), i};
   }
   SortIdPositions(&pairs, static_cast<uint64_t>(static_cast<int64_t>(max_id) -
                                                 static_cast<int64_t>(min_id)));

@@ -53,19 +53,57 @@ GL_HOST_DEVICE inline bool IsFreshRow(const T* lin, int64_t d) {
 // multiplied by the group factor once the row's norm is known. old_weight is
 // 0 on a fresh row and 1 otherwise (a product, not a branch, so the loop
 // vectorizes). hess is the Hessian-diagonal element (0 for rules without one).
-template <typename Rule, typename T>
+// kForm: the rule's form (rules.h), or kAnyForm to read its switches from
+// params.
+template <typename Rule, int kForm = kAnyForm, typename T>
 GL_HOST_DEVICE inline T ElementPrePass(
     const typename Rule::template Params<T>& params, const Thresholds<T>& th,
     T old_weight, T g, T hess, T* x, SlotRows<T, Rule::kNumSlots> slots, int64_t j) {
   T* lin = slots.row[Rule::kNumSlots - 1];
   const T x_old = *x;
-  const ElementStep<T> e = Rule::Step(params, g, hess, x_old, slots, j);
+  const ElementStep<T> e = Rule::template Step<kForm>(params, g, hess, x_old, slots, j);
   const T p_old = old_weight * e.p_old;  // 0 on a fresh row, else p_old
   const T l = lin[j] + e.a - (e.p_new - p_old) * x_old;
   lin[j] = l;
   const T s = ShrinkElement(l, th.l1);
   *x = s / (e.p_new + th.l2_denominator);
   return s;
+}
+
+// The first pass over a row's d elements in form kForm; returns ||s||^2.
+template <typename Rule, int kForm, typename T>
+GL_HOST_DEVICE inline T RowPrePass(const typename Rule::template Params<T>& params,
+                                   const Thresholds<T>& th, T old_weight, int64_t d, T* x,
+                                   SlotRows<T, Rule::kNumSlots> row, const T* g,
+                                   const T* hess) {
+  const typename Rule::template Params<T> local_params = params;
+  const Thresholds<T> local_th = th;
+  T norm2 = T(0);
+  // Element j reads and writes index j of every array only, so the
+  // iterations are independent: vectorize them, the norm as a reduction.
+  // (-fopenmp-simd makes this pragma work without the OpenMP runtime.)
+#pragma omp simd reduction(+ : norm2)
+  for (int64_t j = 0; j < d; ++j) {
+    const T hess_j = Rule::kUsesHessian ? hess[j] : T(0);
+    const T s = ElementPrePass<Rule, kForm>(local_params, local_th, old_weight, g[j], hess_j,
+                                            x + j, row, j);
+    norm2 += s * s;
+  }
+  return norm2;
+}
+
+// RowPrePass in the row's form: the first form >= kForm equal to `form`.
+template <typename Rule, int kForm = 0, typename T>
+GL_HOST_DEVICE inline T RowPrePassInForm(int form, const typename Rule::template Params<T>& params,
+                                         const Thresholds<T>& th, T old_weight, int64_t d, T* x,
+                                         SlotRows<T, Rule::kNumSlots> row, const T* g,
+                                         const T* hess) {
+  if constexpr (kForm + 1 < Rule::kNumForms) {
+    if (form != kForm) {
+      return RowPrePassInForm<Rule, kForm + 1>(form, params, th, old_weight, d, x, row, g, hess);
+    }
+  }
+  return RowPrePass<Rule, kForm>(params, th, old_weight, d, x, row, g, hess);
 }
 
 // One full row step, in place. `x` and `slots[k]` point at the row (d
@@ -83,19 +121,8 @@ GL_HOST_DEVICE inline void UpdateRow(
   const T old_weight = IsFreshRow<Rule>(slots[Rule::kNumSlots - 1], d) ? T(0) : T(1);
   SlotRows<T, Rule::kNumSlots> row;
   for (int k = 0; k < Rule::kNumSlots; ++k) row.row[k] = slots[k];
-  const typename Rule::template Params<T> local_params = params;
-  const Thresholds<T> local_th = th;
-  T norm2 = T(0);
-  // Element j reads and writes index j of every array only, so the
-  // iterations are independent: vectorize them, the norm as a reduction.
-  // (-fopenmp-simd makes this pragma work without the OpenMP runtime.)
-#pragma omp simd reduction(+ : norm2)
-  for (int64_t j = 0; j < d; ++j) {
-    const T hess_j = Rule::kUsesHessian ? hess[j] : T(0);
-    const T s = ElementPrePass<Rule>(local_params, local_th, old_weight, g[j], hess_j, x + j,
-                                     row, j);
-    norm2 += s * s;
-  }
+  const T norm2 = RowPrePassInForm<Rule>(Rule::Form(params), params, th, old_weight, d, x, row,
+                                         g, hess);
   const T factor = GroupShrinkFactor(Sqrt(norm2), th.l21_sqrt_d);
   if (factor == T(0)) {
     // Assigned, not multiplied: the row becomes exactly +0.0 even where the

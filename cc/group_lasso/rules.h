@@ -43,10 +43,25 @@ GL_HOST_DEVICE inline float Pow(float x, float y) { return powf(x, y); }
 GL_HOST_DEVICE inline double Pow(double x, double y) { return pow(x, y); }
 
 // x^(-power) for FTRL's learning_rate_power; -0.5 (the default) is a square
-// root, which is both exact and much cheaper than pow.
+// root (`is_sqrt`), which is both exact and much cheaper than pow.
 template <typename T>
-GL_HOST_DEVICE inline T PowNeg(T x, T power) {
-  return power == T(-0.5) ? Sqrt(x) : Pow(x, -power);
+GL_HOST_DEVICE inline T PowNeg(T x, T power, bool is_sqrt) {
+  return is_sqrt ? Sqrt(x) : Pow(x, -power);
+}
+
+// A rule's per-step switches (Nesterov, centered, FTRL's lr_power = -0.5)
+// read inside its element step would be a branch in the element loop, which
+// then does not vectorize. A rule with switches numbers their combinations
+// ("forms": kNumForms, Form(params)), and its Step takes the form as a
+// template argument: UpdateRow picks the form once per row, so the loop's
+// switches are constants; kAnyForm reads them from params instead (the GPU
+// kernels, where a branch uniform across threads is free).
+constexpr int kAnyForm = -1;
+
+// Switch `bit` of form kForm, or `runtime` under kAnyForm.
+template <int kForm>
+GL_HOST_DEVICE inline bool FormSwitch(int bit, bool runtime) {
+  return kForm == kAnyForm ? runtime : ((kForm >> bit) & 1) != 0;
 }
 
 // The slot rows of one variable row, by value: inlined into the row loop its
@@ -101,6 +116,11 @@ struct RuleDefaults : LrScaledStrengths {
   static constexpr bool kFreshRows = true;       // p_old = 0 on a fresh row
   static constexpr bool kUsesHessian = false;    // reads a Hessian estimate
   static constexpr bool kNeedsPositiveLr = false;
+  static constexpr int kNumForms = 1;  // combinations of per-step switches
+  template <typename P>
+  GL_HOST_DEVICE static int Form(const P&) {
+    return 0;
+  }
 };
 
 // `hyper` points at the rule's hyperparameter values, in kHyper order;
@@ -134,7 +154,7 @@ struct AdamRule : RuleDefaults {
     *m += (g - *m) * p.one_minus_beta1;
     *v += (g * g - *v) * p.one_minus_beta2;
   }
-  template <typename T>
+  template <int kForm, typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
@@ -162,7 +182,7 @@ struct AMSGradRule : RuleDefaults {
   GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool flag) {
     return AdamRule::MakeParams(lr, hyper, flag);
   }
-  template <typename T>
+  template <int kForm, typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
@@ -204,7 +224,17 @@ struct AdaHessianRule : RuleDefaults {
   // v^(k/2); k = 1 (the default) is a square root, exact and cheap.
   template <typename T>
   GL_HOST_DEVICE static T HalfPower(T v, T half_power) {
-    return half_power == T(0.5) ? Sqrt(v) : Pow(v, half_power);
+    return HalfPower(v, half_power, half_power == T(0.5));
+  }
+  template <typename T>
+  GL_HOST_DEVICE static T HalfPower(T v, T half_power, bool is_sqrt) {
+    return is_sqrt ? Sqrt(v) : Pow(v, half_power);
+  }
+  // Form 1: hessian_power = 1, a square root.
+  static constexpr int kNumForms = 2;
+  template <typename T>
+  GL_HOST_DEVICE static int Form(const Params<T>& p) {
+    return p.half_power == T(0.5) ? 1 : 0;
   }
   template <typename T>
   GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool) {
@@ -212,17 +242,18 @@ struct AdaHessianRule : RuleDefaults {
     return {lr * HalfPower(T(1) - hyper[1], half_power) / (T(1) - hyper[0]),
             T(1) - hyper[2], T(1) - hyper[3], hyper[4], half_power};
   }
-  template <typename T>
+  template <int kForm, typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T hess, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
     T v = slot.row[1][j];
-    const T p_old = HalfPower(v, p.half_power) + p.epsilon;
+    const bool is_sqrt = FormSwitch<kForm>(0, p.half_power == T(0.5));
+    const T p_old = HalfPower(v, p.half_power, is_sqrt) + p.epsilon;
     m += (g - m) * p.one_minus_beta1;
     v += (hess * hess - v) * p.one_minus_beta2;
     slot.row[0][j] = m;
     slot.row[1][j] = v;
-    return {p.alpha * m, p_old, HalfPower(v, p.half_power) + p.epsilon};
+    return {p.alpha * m, p_old, HalfPower(v, p.half_power, is_sqrt) + p.epsilon};
   }
 };
 
@@ -242,7 +273,7 @@ struct AdagradRule : RuleDefaults {
   GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool) {
     return {lr, hyper[0]};
   }
-  template <typename T>
+  template <int kForm, typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T acc = slot.row[0][j];
@@ -272,13 +303,19 @@ struct MomentumRule : RuleDefaults {
   GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool nesterov) {
     return {lr, hyper[0], nesterov};
   }
+  // Form 1: Nesterov.
+  static constexpr int kNumForms = 2;
   template <typename T>
+  GL_HOST_DEVICE static int Form(const Params<T>& p) {
+    return p.nesterov ? 1 : 0;
+  }
+  template <int kForm, typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     // Keras's SGD: m' = mu m - lr g; x += m' (or mu m' - lr g with Nesterov).
     const T m = p.momentum * slot.row[0][j] - p.lr * g;
     slot.row[0][j] = m;
-    const T step = p.nesterov ? p.momentum * m - p.lr * g : m;
+    const T step = FormSwitch<kForm>(0, p.nesterov) ? p.momentum * m - p.lr * g : m;
     return {-step, T(1), T(1)};
   }
 };
@@ -305,20 +342,27 @@ struct FtrlRule : RuleDefaults {
   GL_HOST_DEVICE static Params<T> MakeParams(T lr, const T* hyper, bool) {
     return {lr, T(2) * hyper[0], hyper[2]};
   }
+  // Form 1: lr_power = -0.5, a square root.
+  static constexpr int kNumForms = 2;
+  template <typename T>
+  GL_HOST_DEVICE static int Form(const Params<T>& p) {
+    return p.lr_power == T(-0.5) ? 1 : 0;
+  }
   // The beta term joins l2 in the denominator: 2 (l2 + beta / (2 lr)).
   template <typename T>
   GL_HOST_DEVICE static Thresholds<T> MakeThresholds(T lr, T l1, T l21, T l2,
                                                      const T* hyper, int64_t d) {
     return {l1, l21 * Sqrt(static_cast<T>(d)), T(2) * l2 + hyper[1] / lr};
   }
-  template <typename T>
+  template <int kForm, typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T x,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T acc = slot.row[0][j];
-    const T p_old = PowNeg(acc, p.lr_power) / p.lr;
+    const bool is_sqrt = FormSwitch<kForm>(0, p.lr_power == T(-0.5));
+    const T p_old = PowNeg(acc, p.lr_power, is_sqrt) / p.lr;
     acc += g * g;
     slot.row[0][j] = acc;
-    return {g + p.two_l2_shrinkage * x, p_old, PowNeg(acc, p.lr_power) / p.lr};
+    return {g + p.two_l2_shrinkage * x, p_old, PowNeg(acc, p.lr_power, is_sqrt) / p.lr};
   }
 };
 
@@ -346,22 +390,30 @@ struct RMSpropRule : RuleDefaults {
     return {lr, hyper[0], T(1) - hyper[0], hyper[1], hyper[2], centered};
   }
   template <typename T>
-  GL_HOST_DEVICE static T Preconditioner(const Params<T>& p, T v, T average_gradient) {
-    return Sqrt(p.centered ? v - average_gradient * average_gradient + p.epsilon
-                           : v + p.epsilon);
+  GL_HOST_DEVICE static T Preconditioner(const Params<T>& p, bool centered, T v,
+                                        T average_gradient) {
+    return Sqrt(centered ? v - average_gradient * average_gradient + p.epsilon
+                         : v + p.epsilon);
   }
+  // Form bits: 1 centered, 2 with momentum.
+  static constexpr int kNumForms = 4;
   template <typename T>
+  GL_HOST_DEVICE static int Form(const Params<T>& p) {
+    return (p.centered ? 1 : 0) | (p.momentum > T(0) ? 2 : 0);
+  }
+  template <int kForm, typename T>
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
     T v = slot.row[1][j];
     T average_gradient = slot.row[2][j];
-    const T p_old = Preconditioner(p, v, average_gradient);
+    const bool centered = FormSwitch<kForm>(0, p.centered);
+    const bool with_momentum = FormSwitch<kForm>(1, p.momentum > T(0));
+    const T p_old = Preconditioner(p, centered, v, average_gradient);
     // As Keras writes them, so that zero strengths reproduce its bits.
     v = p.rho * v + p.one_minus_rho * (g * g);
-    if (p.centered) average_gradient = p.rho * average_gradient + p.one_minus_rho * g;
-    const T p_new = Preconditioner(p, v, average_gradient);
-    const bool with_momentum = p.momentum > T(0);
+    if (centered) average_gradient = p.rho * average_gradient + p.one_minus_rho * g;
+    const T p_new = Preconditioner(p, centered, v, average_gradient);
     if (with_momentum) m = p.momentum * m + p.lr * g / p_new;
     slot.row[0][j] = m;
     slot.row[1][j] = v;

@@ -142,7 +142,7 @@ class GroupLassoApplyOp : public OpKernel {
                 errors::Internal(def().op(), " has ", ctx->num_inputs(),
                                  " inputs; its kernel expects ", Layout::kNumInputs));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("use_locking", &use_locking_));
-    if (Rule::kFlag != nullptr) {
+    if constexpr (Rule::kFlag != nullptr) {  // constexpr: no GetAttr(nullptr) to compile
       OP_REQUIRES_OK(ctx, ctx->GetAttr(Rule::kFlag, &flag_));
     }
   }
@@ -298,7 +298,7 @@ class GroupLassoMultiApplyOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("use_locking", &use_locking_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("table_names", &table_names_));
-    if (Rule::kFlag != nullptr) {
+    if constexpr (Rule::kFlag != nullptr) {  // constexpr: no GetAttr(nullptr) to compile
       OP_REQUIRES_OK(ctx, ctx->GetAttr(Rule::kFlag, &flag_));
     }
     const int expected = n_ * (1 + kNumSlots) + 1 + 3 * n_ + kNumHyper + 2 * n_;
