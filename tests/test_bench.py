@@ -22,7 +22,7 @@ pytestmark = pytest.mark.bench
 SCRIPTS = ["sparse_update.py", "dense_update.py", "embedding_fit.py", "deepfm_e2e.py",
            "quality.py", "adahessian_cost.py", "sparsity_target.py", "strength_overhead.py",
            "steering_cost.py", "l21_sweep.py", "dynamic_embedding.py", "dynamic_stream.py",
-           "step_overhead.py"]
+           "step_overhead.py", "row_step.py"]
 WRITES = ("quality.py", "sparsity_target.py", "l21_sweep.py")  # take --out DIR
 
 
