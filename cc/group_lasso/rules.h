@@ -58,10 +58,11 @@ GL_HOST_DEVICE inline T PowNeg(T x, T power, bool is_sqrt) {
 // kernels, where a branch uniform across threads is free).
 constexpr int kAnyForm = -1;
 
-// Switch `bit` of form kForm, or `runtime` under kAnyForm.
+// Switch `bit` of form kForm; under kAnyForm, of `form`, the rule's
+// Form(params) (which a fixed kForm makes dead code).
 template <int kForm>
-GL_HOST_DEVICE inline bool FormSwitch(int bit, bool runtime) {
-  return kForm == kAnyForm ? runtime : ((kForm >> bit) & 1) != 0;
+GL_HOST_DEVICE inline bool FormSwitch(int bit, int form) {
+  return (((kForm == kAnyForm ? form : kForm) >> bit) & 1) != 0;
 }
 
 // The slot rows of one variable row, by value: inlined into the row loop its
@@ -247,7 +248,7 @@ struct AdaHessianRule : RuleDefaults {
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T m = slot.row[0][j];
     T v = slot.row[1][j];
-    const bool is_sqrt = FormSwitch<kForm>(0, p.half_power == T(0.5));
+    const bool is_sqrt = FormSwitch<kForm>(0, Form(p));
     const T p_old = HalfPower(v, p.half_power, is_sqrt) + p.epsilon;
     m += (g - m) * p.one_minus_beta1;
     v += (hess * hess - v) * p.one_minus_beta2;
@@ -315,7 +316,7 @@ struct MomentumRule : RuleDefaults {
     // Keras's SGD: m' = mu m - lr g; x += m' (or mu m' - lr g with Nesterov).
     const T m = p.momentum * slot.row[0][j] - p.lr * g;
     slot.row[0][j] = m;
-    const T step = FormSwitch<kForm>(0, p.nesterov) ? p.momentum * m - p.lr * g : m;
+    const T step = FormSwitch<kForm>(0, Form(p)) ? p.momentum * m - p.lr * g : m;
     return {-step, T(1), T(1)};
   }
 };
@@ -358,7 +359,7 @@ struct FtrlRule : RuleDefaults {
   GL_HOST_DEVICE static ElementStep<T> Step(const Params<T>& p, T g, T, T x,
                                             SlotRows<T, kNumSlots> slot, int64_t j) {
     T acc = slot.row[0][j];
-    const bool is_sqrt = FormSwitch<kForm>(0, p.lr_power == T(-0.5));
+    const bool is_sqrt = FormSwitch<kForm>(0, Form(p));
     const T p_old = PowNeg(acc, p.lr_power, is_sqrt) / p.lr;
     acc += g * g;
     slot.row[0][j] = acc;
@@ -407,8 +408,8 @@ struct RMSpropRule : RuleDefaults {
     T m = slot.row[0][j];
     T v = slot.row[1][j];
     T average_gradient = slot.row[2][j];
-    const bool centered = FormSwitch<kForm>(0, p.centered);
-    const bool with_momentum = FormSwitch<kForm>(1, p.momentum > T(0));
+    const bool centered = FormSwitch<kForm>(0, Form(p));
+    const bool with_momentum = FormSwitch<kForm>(1, Form(p));
     const T p_old = Preconditioner(p, centered, v, average_gradient);
     // As Keras writes them, so that zero strengths reproduce its bits.
     v = p.rho * v + p.one_minus_rho * (g * g);
