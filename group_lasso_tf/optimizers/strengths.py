@@ -214,11 +214,11 @@ class StrengthsMixin:
                 for spec in specs]
 
     def _strength_tensor(self, value, dtype):
+        """A strength given as a number or a schedule (callable of the step)
+        as a `dtype` scalar; those held in variables are `_strengths_of`'s."""
         if isinstance(value, numbers.Real):
             return tf.constant(value, dtype)
-        if callable(value):
-            return tf.cast(value(self.iterations), dtype)
-        return tf.cast(value, dtype)
+        return tf.cast(value(self.iterations), dtype)
 
     def strength_variable(self, variable, name="l21"):
         """The optimizer variable (a float64 scalar) holding strength `name`
