@@ -88,6 +88,16 @@ def apply_op(op_name):
     return function
 
 
+def gpu_kernels_built():
+    """True when the op library was compiled with its CUDA kernels (setup.py
+    does where TensorFlow and nvcc allow it)."""
+    try:
+        from group_lasso_tf import _build_info
+    except ImportError:
+        return False
+    return bool(getattr(_build_info, "CUDA", False))
+
+
 def fused_available():
     """True when the fused C++ ops are loaded and will be used."""
     return fused_ops() is not None

@@ -185,3 +185,29 @@ def test_step_scalars_are_made_once_per_step_not_per_table(rng):
         if kind not in ("ReadVariableOp", "Placeholder", "Const"):
             assert small.get(kind) == large.get(kind), (kind, small, large)
     assert small["Pow"] == 2  # beta_1^t and beta_2^t, once
+
+
+def test_one_multi_table_op_per_device(rng):
+    """Tables on different devices never share an op (it runs where its
+    variables are): one op per device, holding exactly that device's tables.
+    Built in a graph, where a device need not exist to be named."""
+    devices = ["/device:CPU:0", "/device:CPU:1"]
+    placed = [devices[int(i)] for i in rng.integers(0, 2, size=int(rng.integers(4, 9)))]
+    placed[:2] = devices  # both devices hold a table
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = []
+        for i, device in enumerate(placed):
+            with tf.device(device):
+                variables.append(keras.Variable(np.ones((5, 4), "float32"), name=f"t{i}"))
+        optimizer = gl.GroupAdam(learning_rate=0.01, l21=1e-3)
+        optimizer.build(variables)
+        optimizer.apply([tf.IndexedSlices(tf.ones([3, 4]), tf.constant([0, 2, 0]),
+                                          tf.constant([5, 4])) for _ in variables], variables)
+    multi = [op for op in graph.get_operations() if op.type.endswith("Multi")]
+    # (A device's only table takes the one-table op: on a CPU nothing is shared.)
+    expected = sorted(n for n in (placed.count(d) for d in devices) if n > 1)
+    assert sorted(op.get_attr("N") for op in multi) == expected
+    for op in multi:
+        handles = op.inputs[:op.get_attr("N")]
+        assert len({h.device for h in handles}) == 1, [h.device for h in handles]

@@ -36,6 +36,18 @@ struct ApplySparse {
       const group_lasso::HessianStore<T>& store, const Tindex* ids, int64_t n);
 };
 
+// The multi-table sparse step on the GPU (GOOGLE_CUDA builds only, defined
+// in group_lasso_kernels.cu.cc): copies the tables' descriptors `host` (a
+// gpu::TablesBlock of num_tables tables, in pinned memory) to `device`,
+// queues gpu::LaunchSparseTables on the op's stream, then copies the check
+// it leaves back into `host`. Nothing synchronizes with the host: the caller
+// reads the check once the stream has done the work.
+template <typename T, typename Tindex, typename Rule>
+struct ApplySparseTablesGpu {
+  ::tensorflow::Status operator()(::tensorflow::OpKernelContext* ctx, void* host, void* device,
+                                  int num_tables, int64_t total, int64_t max_rows);
+};
+
 }  // namespace functor
 }  // namespace group_lasso_tf
 

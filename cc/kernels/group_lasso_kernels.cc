@@ -20,6 +20,10 @@
 
 #include "group_lasso/apply.h"
 #include "group_lasso/checks.h"
+#if GOOGLE_CUDA
+#include "group_lasso/gpu_block.h"
+#include "tensorflow/core/common_runtime/gpu/gpu_event_mgr.h"
+#endif
 #include "kernels/group_lasso_functors.h"
 #include "kernels/variable_access.h"
 #include "ops/group_lasso_ops.h"
@@ -284,155 +288,316 @@ class GroupLassoApplyOp : public OpKernel {
   bool flag_ = false;  // the value of the op attribute Rule::kFlag
 };
 
-// The multi-table sparse step (ResourceSparseApply<kOpName>Multi, CPU): N
-// tables' variables and slots locked together, every input of every table
-// checked (errors name the table) before anything is written, then one
-// ApplySparseTables pass over all their rows.
+// The inputs of a multi-table sparse step (ResourceSparseApply<kOpName>Multi):
+// N tables' variables and slots looked up and locked together, and every
+// input of every table checked, errors naming the table, before anything is
+// written. Shared by the CPU and the GPU kernels.
 template <typename T, typename Tindex, typename Rule>
-class GroupLassoMultiApplyOp : public OpKernel {
+class MultiTableInputs {
  public:
   static constexpr int kNumSlots = Rule::kNumSlots;
   static constexpr int kNumHyper = Rule::kNumHyper;
 
-  explicit GroupLassoMultiApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("use_locking", &use_locking_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("table_names", &table_names_));
-    if constexpr (Rule::kFlag != nullptr) {  // constexpr: no GetAttr(nullptr) to compile
-      OP_REQUIRES_OK(ctx, ctx->GetAttr(Rule::kFlag, &flag_));
-    }
-    const int expected = n_ * (1 + kNumSlots) + 1 + 3 * n_ + kNumHyper + 2 * n_;
-    OP_REQUIRES(ctx, ctx->num_inputs() == expected,
-                errors::Internal(def().op(), " has ", ctx->num_inputs(),
-                                 " inputs; its kernel expects ", expected));
-  }
+  // A table with ids to apply.
+  struct Table {
+    int input;  // its position t in the op's lists
+    int64_t rows;
+    int64_t dim;
+    int64_t count;  // ids in its batch
+    const Tindex* ids;
+    const T* grad;
+    group_lasso::StepConfig<Rule, T> config;
+  };
 
-  void Compute(OpKernelContext* ctx) override {
-    const int n = n_;
+  // `names`: the op's table_names attribute. `check_ids`: range-check the ids
+  // here, on the host (the GPU kernel checks them on the device).
+  Status Prepare(OpKernelContext* ctx, int n, bool use_locking, bool flag,
+                 const std::vector<std::string>& names, bool check_ids) {
+    n_ = n;
     const int num_vars = n * (1 + kNumSlots);
     const int lr_input = num_vars;
     const int strengths_input = lr_input + 1;  // l1[t], then l21[t] at +n, l2[t] at +2n
     const int hyper_input = strengths_input + 3 * n;
     const int grad_input = hyper_input + kNumHyper;
     const int indices_input = grad_input + n;
-    LockedVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Acquire(ctx, 0, num_vars, use_locking_));
-    // Variable i of table t: its var (k = 0) or slot k - 1.
-    auto var_index = [n](int t, int k) { return k * n + t; };
+    TF_RETURN_IF_ERROR(vars_.Acquire(ctx, 0, num_vars, use_locking));
     std::vector<const void*> seen;
-    for (int i = 0; i < num_vars; ++i) seen.push_back(vars.var(i));
+    for (int i = 0; i < num_vars; ++i) seen.push_back(vars_.var(i));
     std::sort(seen.begin(), seen.end());
-    OP_REQUIRES(ctx, std::adjacent_find(seen.begin(), seen.end()) == seen.end(),
-                errors::InvalidArgument("a variable is passed twice (as two tables, or as a "
-                                        "table and a slot): each table must be its own"));
-
+    if (std::adjacent_find(seen.begin(), seen.end()) != seen.end()) {
+      return errors::InvalidArgument("a variable is passed twice (as two tables, or as a "
+                                     "table and a slot): each table must be its own");
+    }
     T lr;
     T hyper[kNumHyper + 1];
-    OP_REQUIRES_OK(ctx, ReadScalar(ctx, lr_input, &lr));
+    TF_RETURN_IF_ERROR(ReadScalar(ctx, lr_input, &lr));
     for (int k = 0; k < kNumHyper; ++k) {
-      OP_REQUIRES_OK(ctx, ReadScalar(ctx, hyper_input + k, hyper + k));
+      TF_RETURN_IF_ERROR(ReadScalar(ctx, hyper_input + k, hyper + k));
     }
-
-    std::vector<group_lasso::SparseTable<Rule, T, Tindex>> tables;
-    std::vector<int> table_of;  // the input position of each table that has rows to update
-    std::vector<std::pair<const Tindex*, int64_t>> ids_of;
     for (int t = 0; t < n; ++t) {
-      const std::string table =
-          (t < static_cast<int>(table_names_.size()) ? "table " + table_names_[t]
-                                                     : "table " + std::to_string(t)) + ": ";
-      const Tensor* var = vars.tensor(var_index(t, 0));
+      const std::string table = TableName(names, t) + ": ";
+      const Tensor* var = vars_.tensor(VarIndex(t, 0));
       for (int k = 0; k <= kNumSlots; ++k) {
-        const Tensor* v = vars.tensor(var_index(t, k));
+        const Tensor* v = vars_.tensor(VarIndex(t, k));
         const std::string name = k == 0 ? std::string("var") : Rule::kSlotNames[k - 1];
-        OP_REQUIRES(ctx, v->IsInitialized(),
-                    errors::FailedPrecondition(table, "uninitialized variable ", name));
-        OP_REQUIRES(ctx, v->dtype() == DataTypeToEnum<T>::v(),
-                    errors::InvalidArgument(table, name, " has dtype ", DataTypeString(v->dtype()),
-                                            " but the op was called with T=",
-                                            DataTypeString(DataTypeToEnum<T>::v())));
-        OP_REQUIRES(ctx, v->shape() == var->shape(),
-                    errors::InvalidArgument(table, name, " must have the shape of var ",
-                                            var->shape().DebugString(), ", got ",
-                                            v->shape().DebugString()));
+        if (!v->IsInitialized()) {
+          return errors::FailedPrecondition(table, "uninitialized variable ", name);
+        }
+        if (v->dtype() != DataTypeToEnum<T>::v()) {
+          return errors::InvalidArgument(table, name, " has dtype ", DataTypeString(v->dtype()),
+                                         " but the op was called with T=",
+                                         DataTypeString(DataTypeToEnum<T>::v()));
+        }
+        if (v->shape() != var->shape()) {
+          return errors::InvalidArgument(table, name, " must have the shape of var ",
+                                         var->shape().DebugString(), ", got ",
+                                         v->shape().DebugString());
+        }
       }
       T l1, l21, l2;
-      OP_REQUIRES_OK(ctx, ReadScalar(ctx, strengths_input + t, &l1));
-      OP_REQUIRES_OK(ctx, ReadScalar(ctx, strengths_input + n + t, &l21));
-      OP_REQUIRES_OK(ctx, ReadScalar(ctx, strengths_input + 2 * n + t, &l2));
+      TF_RETURN_IF_ERROR(ReadScalar(ctx, strengths_input + t, &l1));
+      TF_RETURN_IF_ERROR(ReadScalar(ctx, strengths_input + n + t, &l21));
+      TF_RETURN_IF_ERROR(ReadScalar(ctx, strengths_input + 2 * n + t, &l2));
       const std::string bad = group_lasso::CheckHyper<Rule, T>(lr, l1, l21, l2, hyper);
-      OP_REQUIRES(ctx, bad.empty(), errors::InvalidArgument(table, bad));
+      if (!bad.empty()) return errors::InvalidArgument(table, bad);
       const TensorShape& shape = var->shape();
-      OP_REQUIRES(ctx, shape.dims() >= 1,
-                  errors::InvalidArgument(table, "var must have rank >= 1 for a sparse update, "
-                                          "got shape ", shape.DebugString()));
+      if (shape.dims() < 1) {
+        return errors::InvalidArgument(table, "var must have rank >= 1 for a sparse update, "
+                                       "got shape ", shape.DebugString());
+      }
       const Tensor& indices = ctx->input(indices_input + t);
       const Tensor& grad = ctx->input(grad_input + t);
-      OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
-                  errors::InvalidArgument(table, "indices must be a vector, got shape ",
-                                          indices.shape().DebugString()));
+      if (!TensorShapeUtils::IsVector(indices.shape())) {
+        return errors::InvalidArgument(table, "indices must be a vector, got shape ",
+                                       indices.shape().DebugString());
+      }
       TensorShape expected = shape;
       expected.set_dim(0, indices.dim_size(0));
-      OP_REQUIRES(ctx, grad.shape() == expected,
-                  errors::InvalidArgument(table, "grad must have shape [len(indices)] + "
-                                          "var.shape[1:] = ", expected.DebugString(), ", got ",
-                                          grad.shape().DebugString()));
+      if (grad.shape() != expected) {
+        return errors::InvalidArgument(table, "grad must have shape [len(indices)] + "
+                                       "var.shape[1:] = ", expected.DebugString(), ", got ",
+                                       grad.shape().DebugString());
+      }
       const int64_t rows = shape.dim_size(0);
       const int64_t dim = rows == 0 ? 0 : shape.num_elements() / rows;
       const int64_t count = indices.NumElements();
       const Tindex* ids = indices.template flat<Tindex>().data();
-      const int64_t bad_id = group_lasso::FirstOutOfRange(ids, count, rows);
-      OP_REQUIRES(ctx, bad_id < 0,
-                  errors::InvalidArgument(table, "indices[", bad_id, "] = ",
-                                          bad_id < 0 ? 0 : static_cast<int64_t>(ids[bad_id]),
-                                          " is not in [0, ", rows, "): the variable has ", rows,
-                                          " rows"));
-      if (rows == 0 || dim == 0 || count == 0) continue;  // nothing to update
-      group_lasso::SparseTable<Rule, T, Tindex> entry;
-      entry.config = group_lasso::MakeStepConfig<Rule, T>(lr, l1, l21, l2, hyper, flag_, dim);
-      entry.d = dim;
-      entry.grad = grad.template flat<T>().data();
-      tables.push_back(std::move(entry));
-      table_of.push_back(t);
-      ids_of.emplace_back(ids, count);
+      if (check_ids) {
+        const int64_t bad_position = group_lasso::FirstOutOfRange(ids, count, rows);
+        if (bad_position >= 0) {
+          return OutOfRange(names, t, bad_position, static_cast<int64_t>(ids[bad_position]),
+                            rows);
+        }
+      }
+      // Nothing to update; on the GPU a table with no rows still has its
+      // ids checked (every one is out of range).
+      if (count == 0 || (check_ids && (rows == 0 || dim == 0))) continue;
+      tables_.push_back({t, rows, dim, count, ids, grad.template flat<T>().data(),
+                         group_lasso::MakeStepConfig<Rule, T>(lr, l1, l21, l2, hyper, flag,
+                                                              dim)});
     }
-    // Everything is checked: from here on, writes.
-    for (size_t j = 0; j < tables.size(); ++j) {
-      const int t = table_of[j];
-      for (int k = 0; k <= kNumSlots; ++k) {
-        OP_REQUIRES_OK(ctx, vars.template CopyOnWrite<CPUDevice>(ctx, var_index(t, k)));
-      }
-      tables[j].var = vars.tensor(var_index(t, 0))->template flat<T>().data();
-      for (int k = 0; k < kNumSlots; ++k) {
-        tables[j].slots[k] = vars.tensor(var_index(t, k + 1))->template flat<T>().data();
-      }
+    return ::tensorflow::OkStatus();
+  }
+
+  // The error of an id outside [0, rows) at position `position` of table t.
+  static Status OutOfRange(const std::vector<std::string>& names, int t, int64_t position,
+                           int64_t id, int64_t rows) {
+    return errors::InvalidArgument(TableName(names, t), ": indices[", position, "] = ", id,
+                                   " is not in [0, ", rows, "): the variable has ", rows,
+                                   " rows");
+  }
+
+  static std::string TableName(const std::vector<std::string>& names, int t) {
+    return t < static_cast<int>(names.size()) ? "table " + names[t]
+                                               : "table " + std::to_string(t);
+  }
+
+  const std::vector<Table>& tables() const { return tables_; }
+
+  // Gives the variables of `table` buffers of their own (copy-on-write) and
+  // returns their data: var, then the slots.
+  template <typename Device>
+  Status Writable(OpKernelContext* ctx, const Table& table, T** var, T** slots) {
+    for (int k = 0; k <= kNumSlots; ++k) {
+      TF_RETURN_IF_ERROR(vars_.template CopyOnWrite<Device>(ctx, VarIndex(table.input, k)));
     }
-    // Each table's ids grouped (sorted) on the intra-op threads, then one
-    // pass over the rows of all.
-    const int64_t num_tables = static_cast<int64_t>(tables.size());
-    functor::IntraOpFor{ctx}(num_tables, 1 << 14, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        tables[j].groups = group_lasso::GroupIds(ids_of[j].first, ids_of[j].second);
-      }
-    });
-    group_lasso::ApplySparseTables(tables, functor::IntraOpFor{ctx});
+    *var = vars_.tensor(VarIndex(table.input, 0))->template flat<T>().data();
+    for (int k = 0; k < kNumSlots; ++k) {
+      slots[k] = vars_.tensor(VarIndex(table.input, k + 1))->template flat<T>().data();
+    }
+    return ::tensorflow::OkStatus();
   }
 
  private:
+  // The variable of table t: its var (k = 0) or slot k - 1.
+  int VarIndex(int t, int k) const { return k * n_ + t; }
+
   Status ReadScalar(OpKernelContext* ctx, int input, T* out) {
     const Tensor& h = ctx->input(input);
     if (!TensorShapeUtils::IsScalar(h.shape())) {
-      return errors::InvalidArgument(requested_input(input), " must be a scalar, got shape ",
-                                     h.shape().DebugString());
+      return errors::InvalidArgument(ctx->op_kernel().requested_input(input),
+                                     " must be a scalar, got shape ", h.shape().DebugString());
     }
     *out = h.scalar<T>()();
     return ::tensorflow::OkStatus();
   }
 
   int n_ = 0;
-  bool use_locking_ = false;
-  bool flag_ = false;
-  std::vector<std::string> table_names_;
+  LockedVariables vars_;
+  std::vector<Table> tables_;
 };
+
+// The attributes of a multi-table op, read once.
+struct MultiTableAttrs {
+  int n = 0;
+  bool use_locking = false;
+  bool flag = false;  // the value of the op attribute Rule::kFlag
+  std::vector<std::string> table_names;
+
+  template <typename Rule>
+  Status Read(OpKernelConstruction* ctx) {
+    TF_RETURN_IF_ERROR(ctx->GetAttr("N", &n));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("use_locking", &use_locking));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("table_names", &table_names));
+    if constexpr (Rule::kFlag != nullptr) {  // constexpr: no GetAttr(nullptr) to compile
+      TF_RETURN_IF_ERROR(ctx->GetAttr(Rule::kFlag, &flag));
+    }
+    const int expected = n * (1 + Rule::kNumSlots) + 1 + 3 * n + Rule::kNumHyper + 2 * n;
+    if (ctx->num_inputs() != expected) {
+      return errors::Internal(ctx->def().op(), " has ", ctx->num_inputs(),
+                              " inputs; its kernel expects ", expected);
+    }
+    return ::tensorflow::OkStatus();
+  }
+};
+
+// The multi-table sparse step on the CPU: the inputs checked, then one
+// ApplySparseTables pass over the rows of all tables.
+template <typename T, typename Tindex, typename Rule>
+class GroupLassoMultiApplyOp : public OpKernel {
+ public:
+  explicit GroupLassoMultiApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read<Rule>(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    MultiTableInputs<T, Tindex, Rule> inputs;
+    OP_REQUIRES_OK(ctx, inputs.Prepare(ctx, attrs_.n, attrs_.use_locking, attrs_.flag,
+                                       attrs_.table_names, /*check_ids=*/true));
+    // Everything is checked: from here on, writes.
+    std::vector<group_lasso::SparseTable<Rule, T, Tindex>> tables(inputs.tables().size());
+    for (size_t j = 0; j < tables.size(); ++j) {
+      const auto& in = inputs.tables()[j];
+      OP_REQUIRES_OK(ctx, inputs.template Writable<CPUDevice>(ctx, in, &tables[j].var,
+                                                              tables[j].slots));
+      tables[j].config = in.config;
+      tables[j].d = in.dim;
+      tables[j].grad = in.grad;
+    }
+    // Each table's ids grouped (sorted) on the intra-op threads, then one
+    // pass over the rows of all.
+    const int64_t num_tables = static_cast<int64_t>(tables.size());
+    functor::IntraOpFor{ctx}(num_tables, 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const auto& in = inputs.tables()[j];
+        tables[j].groups = group_lasso::GroupIds(in.ids, in.count);
+      }
+    });
+    group_lasso::ApplySparseTables(tables, functor::IntraOpFor{ctx});
+  }
+
+ private:
+  MultiTableAttrs attrs_;
+};
+
+#if GOOGLE_CUDA
+// The multi-table sparse step on the GPU, with no host synchronization: the
+// tables' descriptors go to the device in one transfer from pinned memory,
+// the step is queued (gpu::LaunchSparseTables: a fixed number of launches
+// whatever the number of tables, ids range-checked on the device), and the
+// check it leaves is copied back and read by TensorFlow's event manager once
+// the stream has done the work; only then is the op done, failing the step
+// (with nothing written) if an id was out of range.
+template <typename T, typename Tindex, typename Rule>
+class GroupLassoMultiApplyGpuOp : public ::tensorflow::AsyncOpKernel {
+ public:
+  using Block = group_lasso::gpu::TablesBlock<Rule, T, Tindex>;
+
+  explicit GroupLassoMultiApplyGpuOp(OpKernelConstruction* ctx) : AsyncOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read<Rule>(ctx));
+  }
+
+  void ComputeAsync(OpKernelContext* ctx, DoneCallback done) override {
+    MultiTableInputs<T, Tindex, Rule> inputs;
+    OP_REQUIRES_OK_ASYNC(ctx, inputs.Prepare(ctx, attrs_.n, attrs_.use_locking, attrs_.flag,
+                                              attrs_.table_names, /*check_ids=*/false),
+                         done);
+    const int num_tables = static_cast<int>(inputs.tables().size());
+    if (num_tables == 0) {
+      done();
+      return;
+    }
+    std::vector<group_lasso::gpu::DeviceTable<Rule, T, Tindex>> tables(num_tables);
+    int64_t max_rows = 1;
+    for (int j = 0; j < num_tables; ++j) {
+      const auto& in = inputs.tables()[j];
+      auto& table = tables[j];
+      OP_REQUIRES_OK_ASYNC(ctx, inputs.template Writable<GPUDevice>(ctx, in, &table.var,
+                                                                     table.slots),
+                           done);
+      table.config = in.config;
+      table.d = in.dim;
+      table.num_rows = in.rows;
+      table.grad = in.grad;
+      table.ids = in.ids;
+      table.n = in.count;
+      max_rows = std::max(max_rows, in.rows);
+    }
+    const int64_t bytes = static_cast<int64_t>(Block::Bytes(num_tables));
+    ::tensorflow::AllocatorAttributes pinned;
+    pinned.set_on_host(true);
+    pinned.set_gpu_compatible(true);
+    Tensor host_block, device_block;
+    OP_REQUIRES_OK_ASYNC(ctx, ctx->allocate_temp(::tensorflow::DT_INT8, TensorShape({bytes}),
+                                                 &host_block, pinned),
+                         done);
+    OP_REQUIRES_OK_ASYNC(ctx, ctx->allocate_temp(::tensorflow::DT_INT8, TensorShape({bytes}),
+                                                 &device_block),
+                         done);
+    void* host = host_block.flat<int8_t>().data();
+    const int64_t total = Block::Fill(host, tables.data(), num_tables);
+    OP_REQUIRES_OK_ASYNC(
+        ctx, (functor::ApplySparseTablesGpu<T, Tindex, Rule>()(
+                 ctx, host, device_block.flat<int8_t>().data(), num_tables, total, max_rows)),
+        done);
+    // Read the check when the stream gets there (the host block, the
+    // check's destination, stays alive in the callback). The variables are
+    // unlocked when ComputeAsync returns, as by TensorFlow's own GPU training
+    // ops: the stream orders the update before any later use of them.
+    std::vector<std::pair<int, int64_t>> input_and_rows;  // of each table
+    for (const auto& in : inputs.tables()) input_and_rows.emplace_back(in.input, in.rows);
+    auto read_check = [ctx, host_block, input_and_rows, names = attrs_.table_names, done]() {
+      void* block = const_cast<int8_t*>(host_block.flat<int8_t>().data());
+      const group_lasso::gpu::SparseCheck check = *Block::Check(block);
+      if (check.bad_position != group_lasso::gpu::kNoBadPosition) {
+        const int64_t position = static_cast<int64_t>(check.bad_position);
+        const int64_t* firsts = Block::Firsts(block);
+        size_t j = 0;
+        while (j + 1 < input_and_rows.size() && firsts[j + 1] <= position) ++j;
+        ctx->SetStatus(MultiTableInputs<T, Tindex, Rule>::OutOfRange(
+            names, input_and_rows[j].first, position - firsts[j],
+            static_cast<int64_t>(check.bad_id), input_and_rows[j].second));
+      }
+      done();
+    };
+    ctx->device()->tensorflow_accelerator_device_info()->event_mgr->ThenExecute(
+        ctx->op_device_context()->stream(), std::move(read_check));
+  }
+
+ private:
+  MultiTableAttrs attrs_;
+};
+#endif  // GOOGLE_CUDA
 
 // ---------------------------------------------------------- registration
 template <typename Device, typename T, typename Tindex, typename Rule, bool kSparse,
@@ -486,14 +651,30 @@ OpKernel* CreateMultiApplyOp(OpKernelConstruction* ctx) {
   return new GroupLassoMultiApplyOp<T, Tindex, Rule>(ctx);
 }
 
+#if GOOGLE_CUDA
+template <typename T, typename Tindex, typename Rule>
+OpKernel* CreateMultiApplyGpuOp(OpKernelConstruction* ctx) {
+  return new GroupLassoMultiApplyGpuOp<T, Tindex, Rule>(ctx);
+}
+#endif
+
+// The multi-table op's kernels, CPU and (GOOGLE_CUDA builds) GPU; on the GPU
+// the resources and the scalars are in host memory, as for the one-table ops.
 template <typename Rule>
 void RegisterMultiKernels() {
   if constexpr (!Rule::kUsesHessian) {
     const std::string op = MultiApplyOpName(Rule::kOpName);
-    auto add = [&op](auto* create, ::tensorflow::DataType t, ::tensorflow::DataType index) {
+    auto add = [&op](bool gpu, auto* create, ::tensorflow::DataType t,
+                     ::tensorflow::DataType index) {
       ::tensorflow::KernelDefBuilder builder(op.c_str());
-      builder.Device(::tensorflow::DEVICE_CPU).TypeConstraint("T", t).TypeConstraint("Tindices",
-                                                                                   index);
+      builder.Device(gpu ? ::tensorflow::DEVICE_GPU : ::tensorflow::DEVICE_CPU)
+          .TypeConstraint("T", t)
+          .TypeConstraint("Tindices", index);
+      if (gpu) {
+        for (const std::string& name : HostMemoryInputs<Rule, true, false>()) {
+          builder.HostMemory(name.c_str());
+        }
+      }
       ::tensorflow::kernel_factory::OpKernelRegistrar(builder.Build(), "GroupLassoMultiApplyOp",
                                                       create);
     };
@@ -501,10 +682,16 @@ void RegisterMultiKernels() {
     using ::tensorflow::DT_FLOAT;
     using ::tensorflow::DT_INT32;
     using ::tensorflow::DT_INT64;
-    add(&CreateMultiApplyOp<float, int32_t, Rule>, DT_FLOAT, DT_INT32);
-    add(&CreateMultiApplyOp<float, int64_t, Rule>, DT_FLOAT, DT_INT64);
-    add(&CreateMultiApplyOp<double, int32_t, Rule>, DT_DOUBLE, DT_INT32);
-    add(&CreateMultiApplyOp<double, int64_t, Rule>, DT_DOUBLE, DT_INT64);
+    add(false, &CreateMultiApplyOp<float, int32_t, Rule>, DT_FLOAT, DT_INT32);
+    add(false, &CreateMultiApplyOp<float, int64_t, Rule>, DT_FLOAT, DT_INT64);
+    add(false, &CreateMultiApplyOp<double, int32_t, Rule>, DT_DOUBLE, DT_INT32);
+    add(false, &CreateMultiApplyOp<double, int64_t, Rule>, DT_DOUBLE, DT_INT64);
+#if GOOGLE_CUDA
+    add(true, &CreateMultiApplyGpuOp<float, int32_t, Rule>, DT_FLOAT, DT_INT32);
+    add(true, &CreateMultiApplyGpuOp<float, int64_t, Rule>, DT_FLOAT, DT_INT64);
+    add(true, &CreateMultiApplyGpuOp<double, int32_t, Rule>, DT_DOUBLE, DT_INT32);
+    add(true, &CreateMultiApplyGpuOp<double, int64_t, Rule>, DT_DOUBLE, DT_INT64);
+#endif
   }
 }
 

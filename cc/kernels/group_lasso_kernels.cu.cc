@@ -1,5 +1,6 @@
 // GPU functors of the group-lasso training ops: TensorFlow's functor pattern
-// (ApplyDense / ApplySparse specialized for Eigen::GpuDevice), launching the
+// (ApplyDense / ApplySparse specialized for Eigen::GpuDevice, and the
+// multi-table ApplySparseTablesGpu), launching the
 // framework-free CUDA drivers of cc/group_lasso/gpu_apply.cuh on the op's
 // stream. The OpKernel around them (input checks, locking, copy-on-write) is
 // the one of group_lasso_kernels.cc, shared with the CPU.
@@ -65,6 +66,38 @@ Status SparseOnGpu(OpKernelContext* ctx, const group_lasso::StepConfig<Rule, T>&
   return ::tensorflow::OkStatus();
 }
 
+template <typename T, typename Tindex, typename Rule>
+Status ApplySparseTablesGpu<T, Tindex, Rule>::operator()(OpKernelContext* ctx, void* host,
+                                                        void* device, int num_tables,
+                                                        int64_t total, int64_t max_rows) {
+  using Block = group_lasso::gpu::TablesBlock<Rule, T, Tindex>;
+  const cudaStream_t stream = ctx->eigen_gpu_device().stream();
+  std::vector<Tensor> scratch;  // see SparseOnGpu
+  auto allocate = [&](size_t bytes) -> void* {
+    Tensor t;
+    if (!ctx->allocate_temp(::tensorflow::DT_INT8,
+                            TensorShape({static_cast<int64_t>(bytes)}), &t).ok()) {
+      return nullptr;
+    }
+    scratch.push_back(t);
+    return t.flat<int8_t>().data();
+  };
+  cudaError_t e = cudaMemcpyAsync(device, host, Block::Bytes(num_tables),
+                                  cudaMemcpyHostToDevice, stream);
+  if (e == cudaSuccess) {
+    e = group_lasso::gpu::LaunchSparseTables<Rule, T, Tindex>(stream, device, num_tables, total,
+                                                             max_rows, allocate);
+  }
+  if (e == cudaSuccess) {
+    e = cudaMemcpyAsync(Block::Check(host), Block::Check(device),
+                        sizeof(group_lasso::gpu::SparseCheck), cudaMemcpyDeviceToHost, stream);
+  }
+  if (e != cudaSuccess) {
+    return errors::Internal("group-lasso GPU kernel: ", cudaGetErrorString(e));
+  }
+  return ::tensorflow::OkStatus();
+}
+
 #define GL_DEFINE_GPU_FUNCTORS(RULE, T)                                                      \
   template <>                                                                                \
   void ApplyDense<GPUDevice, T, group_lasso::RULE>::operator()(                              \
@@ -73,6 +106,8 @@ Status SparseOnGpu(OpKernelContext* ctx, const group_lasso::StepConfig<Rule, T>&
       const group_lasso::HessianStore<T>& store) {                                           \
     DenseOnGpu<T, group_lasso::RULE>(ctx, config, rows, dim, var, slots, grad, hess, store); \
   }                                                                                          \
+  template struct ApplySparseTablesGpu<T, int32_t, group_lasso::RULE>;                      \
+  template struct ApplySparseTablesGpu<T, int64_t, group_lasso::RULE>;                      \
   template <>                                                                                \
   Status ApplySparse<GPUDevice, T, int32_t, group_lasso::RULE>::operator()(                  \
       OpKernelContext* ctx, const group_lasso::StepConfig<group_lasso::RULE, T>& config,     \

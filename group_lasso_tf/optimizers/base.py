@@ -657,27 +657,37 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
             object.__setattr__(self, "_step_scalars", None)
 
     def _apply_multi_table_steps(self, grads_and_vars, learning_rate):
-        """Applies the lazy sparse steps of CPU tables (no strategy) with one
-        multi-table op per dtype pair, `DynamicEmbedding` pools with their
-        clearing before and release after it; returns the (gradient,
-        variable) pairs left to the per-variable path. The op gives every row
-        the step the per-table op gives it."""
+        """Applies the lazy sparse steps of the tables of each device (no
+        strategy) with one multi-table op per device and dtype pair,
+        `DynamicEmbedding` pools with their clearing before and release after
+        it; returns the (gradient, variable) pairs left to the per-variable
+        path. The op gives every row the step the per-table op gives it; on
+        a GPU (a library built with CUDA) it also needs no host
+        synchronization, where the per-table op has one per table."""
         fused = self._fused()
         op_name = self._rule.multi_op_name
         if (fused is None or op_name is None or not self.lazy or not self._multi_table_steps
                 or tf.distribute.has_strategy()):
             return grads_and_vars
+        device_types = ("CPU", "GPU") if _ops.gpu_kernels_built() else ("CPU",)
         groups, rest = {}, []
         for gradient, variable in grads_and_vars:
-            device = tf.DeviceSpec.from_string(getattr(variable, "device", "") or "")
-            if (isinstance(gradient, tf.IndexedSlices) and device.device_type in (None, "CPU")
+            # Keras 3 variables carry their device on their resource handle.
+            handle = getattr(variable, "handle", None)
+            device = tf.DeviceSpec.from_string(getattr(handle, "device", None)
+                                               or getattr(variable, "device", None) or "")
+            if (isinstance(gradient, tf.IndexedSlices)
+                    and (device.device_type or "CPU") in device_types
                     and gradient.indices.dtype in (tf.int32, tf.int64)):
-                key = (tf.as_dtype(variable.dtype), gradient.indices.dtype)
+                # One op per device: it runs where its variables are.
+                key = (device.to_string(), tf.as_dtype(variable.dtype), gradient.indices.dtype)
                 groups.setdefault(key, []).append((gradient, variable))
             else:
                 rest.append((gradient, variable))
-        for (dtype, _), pairs in groups.items():
-            if len(pairs) == 1:  # nothing to share
+        for (device, dtype, _), pairs in groups.items():
+            # One CPU table has nothing to share; on a GPU the op still
+            # saves the per-table op's host synchronization.
+            if len(pairs) == 1 and tf.DeviceSpec.from_string(device).device_type != "GPU":
                 rest.extend(pairs)
                 continue
             strengths = self._strengths_of([v for _, v in pairs], dtype)

@@ -4,6 +4,7 @@
 //
 //   gl_gpu_device_count()                     -> number of CUDA devices (0: none)
 //   gl_gpu_apply(...)                         -> one step, host arrays updated in place
+//   gl_gpu_apply_tables(...)                  -> one sparse step of several tables
 //   gl_gpu_time_sparse(...), gl_gpu_copy_gbps  -> the bandwidth benchmark
 #include <cuda_runtime.h>
 
@@ -139,6 +140,71 @@ int ApplyTyped(int is_double, int64_t rows, int64_t d, void* var, void** slots, 
                             hyper, nesterov, repeats, ms, err, err_len);
 }
 
+// One sparse step of several tables in one launch (LaunchSparseTables, as
+// the multi-table TensorFlow op runs it): table t has rows[t] x dims[t]
+// values in vars[t], its slots at slots[t * kNumSlots + k], counts[t] ids
+// and gradient rows, and strengths common[4t .. 4t+4) (lr, l1, l21, l2).
+// bad[0], bad[1]: the packed position and the id of the first out-of-range
+// id, or -1 and 0.
+template <typename Rule, typename T>
+int ApplyTables(int num_tables, const int64_t* rows, const int64_t* dims, void** vars_host,
+                void** slots_host, void** grads_host, void** ids_host, const int64_t* counts,
+                const double* common, const double* hyper_in, int flag, long long* bad,
+                char* err, int err_len) {
+  using Block = group_lasso::gpu::TablesBlock<Rule, T, int64_t>;
+  T hyper[Rule::kNumHyper > 0 ? Rule::kNumHyper : 1];
+  for (int k = 0; k < Rule::kNumHyper; ++k) hyper[k] = static_cast<T>(hyper_in[k]);
+  DeviceArena arena;
+  std::vector<group_lasso::gpu::DeviceTable<Rule, T, int64_t>> tables(num_tables);
+  int64_t max_rows = 1;
+  for (int t = 0; t < num_tables; ++t) {
+    const double* c = common + 4 * t;
+    const std::string bad_hyper = group_lasso::CheckHyper<Rule, T>(
+        static_cast<T>(c[0]), static_cast<T>(c[1]), static_cast<T>(c[2]), static_cast<T>(c[3]),
+        hyper);
+    if (!bad_hyper.empty()) return Fail(err, err_len, bad_hyper);
+    auto& table = tables[t];
+    table.config = group_lasso::MakeStepConfig<Rule, T>(
+        static_cast<T>(c[0]), static_cast<T>(c[1]), static_cast<T>(c[2]), static_cast<T>(c[3]),
+        hyper, flag != 0, dims[t]);
+    table.d = dims[t];
+    table.num_rows = rows[t];
+    const size_t table_bytes = static_cast<size_t>(rows[t] * dims[t]) * sizeof(T);
+    table.var = static_cast<T*>(Upload<T>(&arena, vars_host[t], table_bytes));
+    for (int k = 0; k < Rule::kNumSlots; ++k) {
+      table.slots[k] = static_cast<T*>(
+          Upload<T>(&arena, slots_host[t * Rule::kNumSlots + k], table_bytes));
+    }
+    table.grad = static_cast<const T*>(
+        Upload<T>(&arena, grads_host[t], static_cast<size_t>(counts[t] * dims[t]) * sizeof(T)));
+    table.ids = static_cast<const int64_t*>(
+        Upload<int64_t>(&arena, ids_host[t], counts[t] * sizeof(int64_t)));
+    table.n = counts[t];
+    max_rows = rows[t] > max_rows ? rows[t] : max_rows;
+  }
+  std::vector<char> host(Block::Bytes(num_tables));
+  const int64_t total = Block::Fill(host.data(), tables.data(), num_tables);
+  void* block = Upload<char>(&arena, host.data(), host.size());
+  cudaError_t e = group_lasso::gpu::LaunchSparseTables<Rule, T, int64_t>(
+      0, block, num_tables, total, max_rows, arena);
+  if (e != cudaSuccess) return Fail(err, err_len, cudaGetErrorString(e));
+  group_lasso::gpu::SparseCheck check;
+  e = cudaMemcpy(&check, Block::Check(block), sizeof(check), cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) return Fail(err, err_len, cudaGetErrorString(e));
+  const bool flagged = check.bad_position != group_lasso::gpu::kNoBadPosition;
+  bad[0] = flagged ? static_cast<long long>(check.bad_position) : -1;
+  bad[1] = flagged ? check.bad_id : 0;
+  for (int t = 0; t < num_tables; ++t) {
+    const size_t table_bytes = static_cast<size_t>(rows[t] * dims[t]) * sizeof(T);
+    cudaMemcpy(vars_host[t], tables[t].var, table_bytes, cudaMemcpyDeviceToHost);
+    for (int k = 0; k < Rule::kNumSlots; ++k) {
+      cudaMemcpy(slots_host[t * Rule::kNumSlots + k], tables[t].slots[k], table_bytes,
+                 cudaMemcpyDeviceToHost);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -169,6 +235,29 @@ int gl_gpu_apply(const char* rule, int is_double, int64_t rows, int64_t d, void*
     return ApplyTyped<group_lasso::RULE>(is_double, rows, d, var, slots, grad, hess, store, \
                                          estimate, ids, n, common, hyper, nesterov, repeats, \
                                          ms, err, err_len);                                 \
+  }
+  GROUP_LASSO_RULES(GL_RULE)
+#undef GL_RULE
+  return Fail(err, err_len, "unknown rule " + r);
+}
+
+// Sparse rules only (a rule with a Hessian has no multi-table step).
+int gl_gpu_apply_tables(const char* rule, int is_double, int num_tables, const int64_t* rows,
+                        const int64_t* dims, void** vars, void** slots, void** grads, void** ids,
+                        const int64_t* counts, const double* common, const double* hyper,
+                        int flag, long long* bad, char* err, int err_len) {
+  const std::string r(rule);
+#define GL_RULE(RULE)                                                                         \
+  if (r == group_lasso::RULE::kName) {                                                        \
+    if (group_lasso::RULE::kUsesHessian) return Fail(err, err_len, "no multi-table " + r);    \
+    return is_double ? ApplyTables<group_lasso::RULE, double>(num_tables, rows, dims, vars,   \
+                                                              slots, grads, ids, counts,      \
+                                                              common, hyper, flag, bad, err,  \
+                                                              err_len)                        \
+                     : ApplyTables<group_lasso::RULE, float>(num_tables, rows, dims, vars,    \
+                                                             slots, grads, ids, counts,       \
+                                                             common, hyper, flag, bad, err,   \
+                                                             err_len);                        \
   }
   GROUP_LASSO_RULES(GL_RULE)
 #undef GL_RULE

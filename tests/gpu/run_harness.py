@@ -7,8 +7,11 @@ Needs nvcc and, to run, an NVIDIA GPU; not TensorFlow. The device code is
 cc/group_lasso/gpu_apply.cuh, the code the TensorFlow GPU kernels launch.
 Every optimizer, dense and sparse (duplicate ids, rows first touched late,
 an empty batch), float32 and float64, a 7-step sequence compared with the
-float64 NumPy reference of docs/algorithm.md (tests/np_reference.py); then the
-sparse step's achieved bandwidth against the card's device-to-device copy.
+float64 NumPy reference of docs/algorithm.md (tests/np_reference.py); the
+sparse rules also with several tables in one launch (widths, sizes and
+strengths drawn at random, one batch empty, then an out-of-range id in the
+last: reported, nothing written); then the sparse step's achieved bandwidth
+against the card's device-to-device copy.
 """
 
 import argparse
@@ -163,6 +166,93 @@ def check_errors(lib, rng):
     raise AssertionError("an out-of-range id was accepted")
 
 
+def gpu_tables_step(lib, rule, tables, lr, hp, t):
+    """One sparse step of several tables in one launch (the multi-table op's
+    path). tables: dicts with var, state, grad, ids, l1, l21, l2; returns
+    ([(var', state')], (bad position, bad id) or None)."""
+    ptr = ctypes.c_void_p
+    names = np_reference.SLOTS[rule]
+    dtype = tables[0]["var"].dtype
+    keep, vars_, slots, grads, ids = [], [], [], [], []
+    for table in tables:
+        var = np.ascontiguousarray(table["var"].copy())
+        state = [np.ascontiguousarray(table["state"][k].astype(dtype)) for k in names]
+        grad = np.ascontiguousarray(np.asarray(table["grad"], dtype))
+        idx = np.ascontiguousarray(np.asarray(table["ids"], np.int64))
+        keep.append((var, state, grad, idx))
+        vars_.append(var.ctypes.data)
+        slots.extend(s.ctypes.data for s in state)
+        grads.append(grad.ctypes.data)
+        ids.append(idx.ctypes.data)
+    n = len(tables)
+    i64 = ctypes.c_int64
+    rows = (i64 * n)(*[v.shape[0] for v, *_ in keep])
+    dims = (i64 * n)(*[int(np.prod(v.shape[1:])) for v, *_ in keep])
+    counts = (i64 * n)(*[len(i) for *_, i in keep])
+    common = (ctypes.c_double * (4 * n))(*[x for tb in tables
+                                            for x in (lr, tb["l1"], tb["l21"], tb["l2"])])
+    hyper = hyper_list(rule, hp, t)
+    hyper_arr = (ctypes.c_double * max(1, len(hyper)))(*hyper)
+    bad = (ctypes.c_longlong * 2)()
+    err = ctypes.create_string_buffer(512)
+    rc = lib.gl_gpu_apply_tables(
+        rule.encode(), ctypes.c_int(dtype == np.float64), ctypes.c_int(n), rows, dims,
+        (ptr * n)(*vars_), (ptr * len(slots))(*slots), (ptr * n)(*grads), (ptr * n)(*ids),
+        counts, common, hyper_arr, ctypes.c_int(bool(hp.get("nesterov") or hp.get("centered"))),
+        bad, err, ctypes.c_int(len(err)))
+    if rc != 0:
+        raise ValueError(err.value.decode())
+    out = [(var, dict(zip(names, state))) for var, state, *_ in keep]
+    return out, (None if bad[0] < 0 else (int(bad[0]), int(bad[1])))
+
+
+def _random_tables(rule, dtype, rng):
+    """2-5 tables of random widths and sizes, one batch empty, duplicates."""
+    tables = []
+    for k in range(int(rng.integers(2, 6))):
+        rows, dim = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        var = rng.normal(size=(rows, dim)).astype(dtype)
+        n = 0 if k == 1 else int(rng.integers(1, 3 * rows + 2))
+        ids = rng.integers(0, rows, size=n)
+        tables.append(dict(var=var, grad=rng.normal(size=(n, dim)), ids=ids,
+                           state={key: v.astype(dtype) for key, v in np_reference.initial_state(
+                               rule, var.shape, HP[rule]).items()},
+                           l1=float(rng.uniform(0, 0.02)), l21=float(rng.uniform(0, 0.3)),
+                           l2=float(rng.uniform(0, 0.05))))
+    return tables
+
+
+def check_tables(lib, rule, dtype, rng):
+    """Largest relative error of 3 multi-table steps against the reference,
+    table by table; then an out-of-range id in the last table: its packed
+    position and id reported, no table written."""
+    tables = _random_tables(rule, dtype, rng)
+    lr, hp, worst = 0.125, HP[rule], 0.0
+    for t in range(1, 4):
+        out, bad = gpu_tables_step(lib, rule, tables, lr, hp, t)
+        assert bad is None, bad
+        for table, (var, state) in zip(tables, out):
+            ref, ref_state = np_reference.sparse_step(
+                rule, table["var"].astype(np.float64),
+                {k: v.astype(np.float64) for k, v in table["state"].items()},
+                np.asarray(table["grad"], dtype), table["ids"], lr, table["l1"], table["l21"],
+                table["l2"], hp=hp, t=t)
+            worst = max(worst, rel_err(var, ref), *(rel_err(state[k], ref_state[k])
+                                                    for k in state))
+            table.update(var=var, state=state)
+    last = tables[-1]
+    last["ids"] = np.append(last["ids"], last["var"].shape[0])  # one past the end
+    last["grad"] = np.vstack([np.asarray(last["grad"]).reshape(-1, last["var"].shape[1]),
+                              np.ones((1, last["var"].shape[1]))])
+    out, bad = gpu_tables_step(lib, rule, tables, lr, hp, 4)
+    position = sum(len(tb["ids"]) for tb in tables) - 1
+    assert bad == (position, last["var"].shape[0]), bad
+    for table, (var, state) in zip(tables, out):
+        assert np.array_equal(var, table["var"]), "a table was written despite a bad id"
+        assert all(np.array_equal(state[k], table["state"][k]) for k in state)
+    return worst
+
+
 def benchmark(lib, rows=1_000_000, dims=(8, 32, 128), batch=65536, repeats=20):
     """Sparse Group Adam step: bytes that must move over its time, against copy bandwidth."""
     rng = np.random.default_rng(0)
@@ -205,8 +295,16 @@ def main(argv=None):
                 failed |= not err <= tol
                 print(f"{rule:<12}{'sparse' if sparse else 'dense':<8}{np.dtype(dtype).name:<9}"
                       f"{err:>12.2e}{'' if err <= tol else '  FAIL (tolerance %g)' % tol}")
+    for rule in RULES:
+        if rule == "adahessian":  # no multi-table step
+            continue
+        for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+            err = check_tables(lib, rule, dtype, rng)
+            failed |= not err <= tol
+            print(f"{rule:<12}{'tables':<8}{np.dtype(dtype).name:<9}"
+                  f"{err:>12.2e}{'' if err <= tol else '  FAIL (tolerance %g)' % tol}")
     check_errors(lib, rng)
-    print("out-of-range ids: error, nothing written")
+    print("out-of-range ids: error, nothing written (one table and several)")
     copy, table = benchmark(lib)
     print(f"\ndevice-to-device copy: {copy:.0f} GB/s")
     print(f"{'dim':>5}{'ids':>8}{'distinct':>10}{'ms':>9}{'GB/s':>8}{'of copy':>9}")
