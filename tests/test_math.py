@@ -152,6 +152,39 @@ def test_duplicate_ids_equal_summed_gradient(rng):
         assert harness.rel_err(sa[k], sb[k]) <= 1e-13
 
 
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_duplicates_are_summed_in_batch_order_bit_for_bit(index_dtype, rng):
+    """Every path of the id grouping (a comparison sort under 64 ids, one
+    counting pass for a small id range, radix passes of 8 to 12 bits) keeps
+    positions in batch order within an id: in float32 the step equals, bit
+    for bit, the step on the gradient rows pre-summed one after another in
+    that order. Batch sizes and id ranges are drawn fresh every run."""
+    hp = harness.BASE_HP["adam"]
+    dim = int(rng.integers(1, 6))
+    for n, span in ((int(rng.integers(2, 64)), int(rng.integers(1, 100))),
+                    (int(rng.integers(64, 4000)), int(rng.integers(1, 4000))),
+                    (int(rng.integers(64, 4000)), int(rng.integers(20_000, 2**20))),
+                    (int(rng.integers(16_384, 40_000)), int(rng.integers(2**17, 2**21)))):
+        rows = span + int(rng.integers(0, 50))
+        low = int(rng.integers(0, rows - span + 1))  # ids in [low, low + span)
+        ids = low + np.minimum(rng.zipf(1.2, size=n) - 1, span - 1) * int(rng.choice([1, -1]))
+        ids = np.where(ids < low, ids + span, ids)  # hot ids at either end of the range
+        rng.shuffle(ids)
+        var = rng.normal(size=(rows, dim)).astype(np.float32)
+        state = {k: v.astype(np.float32) for k, v in
+                 np_reference.initial_state("adam", var.shape, hp).items()}
+        grad = rng.normal(size=(n, dim)).astype(np.float32)
+        unique, inverse = np.unique(ids, return_inverse=True)
+        summed = np.zeros((len(unique), dim), np.float32)
+        np.add.at(summed, inverse, grad)  # position after position, in float32
+        args = dict(lr=0.125, l1=0.01, l21=0.05, l2=0.01, hp=hp, t=1, index_dtype=index_dtype)
+        a, sa = harness.run_fused("adam", var, state, grad, ids, **args)
+        b, sb = harness.run_fused("adam", var, state, summed, unique, **args)
+        np.testing.assert_array_equal(a, b, err_msg=f"n={n} span={span}")
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k], err_msg=f"{k}: n={n} span={span}")
+
+
 @pytest.mark.parametrize("shape", [(7,), (5, 2, 3), ()])
 def test_other_ranks_group_by_axis0(shape, rng):
     """Rank 1: each element is a row; rank 3: a row is a [2, 3] slice; rank 0: one row."""
@@ -167,7 +200,7 @@ def test_other_ranks_group_by_axis0(shape, rng):
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 def test_large_batches_group_ids_like_the_reference(index_dtype, rng):
-    """20,000 ids (the radix-sort path of the id grouping, two 16-bit passes for a
+    """20,000 ids (the radix-sort path of the id grouping, two 9-bit passes for a
     200,000-row table), heavy with duplicates: fused op == tf_step.py in float64."""
     rows, dim, n = 200_000, 4, 20_000
     hp = harness.BASE_HP["adam"]
