@@ -23,6 +23,7 @@ Install TensorFlow first (`pip install -r requirements.txt`). Environment:
                              docs/building.md).
 """
 
+import concurrent.futures
 import glob
 import json
 import os
@@ -93,10 +94,36 @@ def _runtime_tensorflow():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _parallel_compile(compiler, workers):
+    """Makes `compiler` compile the sources of one extension `workers` at a
+    time (distutils compiles them one after another; the op library's four
+    translation units take most of `pip install .`)."""
+    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0,
+                extra_preargs=None, extra_postargs=None, depends=None):
+        macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+
+        def one(obj):
+            if obj in build:  # else up to date
+                src, ext = build[obj]
+                compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, objects))  # list(): raises the first compile error
+        return objects
+
+    compiler.compile = compile
+
+
 class BuildExt(build_ext):
     """Fills in TensorFlow's flags at build time and records what was used."""
 
     def build_extensions(self):
+        # Every core: the extensions side by side, and each one's sources.
+        workers = os.cpu_count() or 1
+        self.parallel = self.parallel or workers
+        _parallel_compile(self.compiler, workers)
         for ext in self.extensions:
             if ext.name == "group_lasso_tf._ops":
                 tf_info = _runtime_tensorflow()
