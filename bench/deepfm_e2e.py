@@ -70,8 +70,9 @@ def main(argv=None):
     parser.add_argument("--optimizer", help=argparse.SUPPRESS)  # child process
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick:  # (CI) one fused and one Keras optimizer: a process each
         args.steps, args.scale, args.batch = 5, 100, 256
+        args.optimizers = "group_adam,keras_adam"
     if args.optimizer:
         return child(args)
     results = []

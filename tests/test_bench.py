@@ -19,10 +19,13 @@ import group_lasso_tf as gl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.bench
 
-SCRIPTS = ["sparse_update.py", "dense_update.py", "embedding_fit.py", "deepfm_e2e.py",
-           "quality.py", "adahessian_cost.py", "sparsity_target.py", "strength_overhead.py",
-           "steering_cost.py", "l21_sweep.py", "dynamic_embedding.py", "dynamic_stream.py",
-           "step_overhead.py", "row_step.py"]
+# Longest first (seconds of their --quick runs, two at a time on 2 cores, on
+# 2026-12-03: 74, 60, 41, 40, 37, 37, 30, 20, then 8-11 each), so that the
+# two workers finish together.
+SCRIPTS = ["sparsity_target.py", "deepfm_e2e.py", "dynamic_stream.py", "strength_overhead.py",
+           "adahessian_cost.py", "quality.py", "l21_sweep.py", "step_overhead.py",
+           "dynamic_embedding.py", "steering_cost.py", "sparse_update.py", "embedding_fit.py",
+           "row_step.py", "dense_update.py"]
 WRITES = ("quality.py", "sparsity_target.py", "l21_sweep.py")  # take --out DIR
 
 

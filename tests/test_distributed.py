@@ -6,6 +6,7 @@ the results of one-device training; checkpoints move between strategies.
 Every process is a subprocess with a time limit, killed at the end of its test.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,36 @@ def run_example(script, args, env=None, timeout=300):
     return proc.stdout
 
 
+def run_examples(script, arg_lists, timeout=300):
+    """Runs `script` once per argument list, all at once (CI has 2 cores, and
+    each run is mostly one busy thread: importing TensorFlow, tracing)."""
+    procs = [subprocess.Popen([sys.executable, os.path.join(EXAMPLES, script)] + args,
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd="/", start_new_session=True)
+             for args in arg_lists]
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        stop(procs)
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:] + err[-5000:]
+    return [out for out, _ in outputs]
+
+
+@contextlib.contextmanager
+def beside(script, args, tmp_path):
+    """Runs `script` (a reference run) while the block runs; on leaving,
+    waits for it and checks it succeeded."""
+    log_path = tmp_path / (os.path.basename(script) + ".beside.log")
+    with open(log_path, "wb") as log:
+        proc = start(script, args, log=log)
+        try:
+            yield
+            assert proc.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+        finally:
+            stop([proc])
+
+
 def start(script, args, env=None, log=None):
     return subprocess.Popen([sys.executable, os.path.join(EXAMPLES, script)] + args, env=_env(env),
                             stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd="/",
@@ -93,10 +124,10 @@ def test_mirrored_fit_equals_one_device(optimizer, loop, tmp_path):
         # D is summed over replicas like the gradient; both replicas draw the
         # same probe for a row, so two replicas estimate what one device does.
         args += ["--lr", "0.01", "--l21", "3e-4"]
-    run_example("distributed_train.py", args + ["--strategy", "one_device",
-                                                "--save-weights", str(tmp_path / "one.npz")])
-    run_example("distributed_train.py", args + ["--strategy", "mirrored", "--logical-cpus", "2",
-                                                "--save-weights", str(tmp_path / "mirrored.npz")])
+    run_examples("distributed_train.py", [
+        args + ["--strategy", "one_device", "--save-weights", str(tmp_path / "one.npz")],
+        args + ["--strategy", "mirrored", "--logical-cpus", "2",
+                "--save-weights", str(tmp_path / "mirrored.npz")]])
     assert np.load(tmp_path / "mirrored.npz")["replicas_identical"]
     assert_same_training(tmp_path / "one.npz", tmp_path / "mirrored.npz")
 
@@ -107,9 +138,9 @@ def test_sparsity_target_under_mirrored_equals_one_device(tmp_path):
     run's to 1e-6 relative (they are survival strengths of weights that agree
     to that), and so does the rest of training."""
     args = COMMON + ["--optimizer", "adam", "--l21", "2e-4", "--sparsity-target", "0.5"]
-    for strategy in ("one_device", "mirrored"):
-        run_example("distributed_train.py", args + [
-            "--strategy", strategy, "--save-weights", str(tmp_path / f"{strategy}.npz")])
+    run_examples("distributed_train.py", [
+        args + ["--strategy", strategy, "--save-weights", str(tmp_path / f"{strategy}.npz")]
+        for strategy in ("one_device", "mirrored")])
     one, mirrored = np.load(tmp_path / "one_device.npz"), np.load(tmp_path / "mirrored.npz")
     assert mirrored["replicas_identical"]  # weights, slots and strengths on both replicas
     strengths = [k for k in one.files if one[k].dtype == np.float64 and one[k].ndim == 0]
@@ -123,12 +154,15 @@ def test_sparsity_target_under_mirrored_equals_one_device(tmp_path):
 
 def test_multi_worker_two_processes_equals_one_device(tmp_path):
     args = COMMON + ["--optimizer", "adam", "--l21", "2e-4", "--loop", "custom"]
-    run_example("distributed_train.py", args + ["--strategy", "one_device",
-                                                "--save-weights", str(tmp_path / "one.npz")])
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     try:
+        # The one-device reference runs beside the two workers.
+        one = start("distributed_train.py", args + ["--strategy", "one_device",
+                                                    "--save-weights", str(tmp_path / "one.npz")],
+                    log=open(tmp_path / "one.log", "wb"))
+        procs.append(one)
         for index in range(2):
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             procs.append(start("distributed_train.py",
@@ -136,7 +170,7 @@ def test_multi_worker_two_processes_equals_one_device(tmp_path):
                                        "--save-weights", str(tmp_path / "mw.npz")],
                                env={"TF_CONFIG": tf_config}))
         for p in procs:
-            assert p.wait(timeout=300) == 0
+            assert p.wait(timeout=300) == 0, (tmp_path / "one.log").read_text()[-3000:]
     finally:
         stop(procs)
     assert_same_training(tmp_path / "one.npz", tmp_path / "mw.npz")
@@ -210,11 +244,12 @@ def test_ps_sharded_table_equals_single_process(optimizer, ps_cluster, tmp_path)
     args = ["--optimizer", optimizer, "--steps", "12"]
     if optimizer == "ftrl":
         args += ["--lr", "0.05", "--l21", "0.02"]
-    out = ps_cluster.run_chief(args + ["--sequential", "--checkpoint", str(tmp_path / "ckpt"),
-                                       "--save-weights", str(tmp_path / "ps.npz")])
+    with beside("distributed_ps.py", args + ["--mode", "single", "--save-weights",
+                                             str(tmp_path / "single.npz")], tmp_path):
+        out = ps_cluster.run_chief(args + ["--sequential", "--checkpoint",
+                                           str(tmp_path / "ckpt"),
+                                           "--save-weights", str(tmp_path / "ps.npz")])
     assert "in 2 shard(s)" in out and "fused ops: True" in out
-    run_example("distributed_ps.py", args + ["--mode", "single",
-                                             "--save-weights", str(tmp_path / "single.npz")])
     ps, single = np.load(tmp_path / "ps.npz"), np.load(tmp_path / "single.npz")
     assert int(ps["shards"]) == 2 and int(ps["iterations"]) == 12
     zero_rows = np.all(ps["table"] == 0, axis=1)
@@ -241,16 +276,18 @@ def test_ps_dynamic_table_sharded_by_key_equals_single_process(ps_cluster, tmp_p
     counters, dense weights); the PS checkpoint restores into one process."""
     args = ["--dynamic", "--steps", "8", "--l21", "5e-5",
             "--capacity", "8192"]
-    out = ps_cluster.run_chief(args + ["--sequential", "--checkpoint", str(tmp_path / "ckpt"),
-                                       "--save-weights", str(tmp_path / "ps.npz")])
+    with beside("distributed_ps.py", args + ["--mode", "single", "--shards", "2",
+                                             "--save-weights", str(tmp_path / "single.npz")],
+                tmp_path):
+        out = ps_cluster.run_chief(args + ["--sequential", "--checkpoint",
+                                           str(tmp_path / "ckpt"),
+                                           "--save-weights", str(tmp_path / "ps.npz")])
     assert "in 2 shard(s)" in out and "fused ops: True" in out
     servers = [line.split(": ", 1)[1].split() for line in out.splitlines()
                if line.startswith("shard ")]
     assert [len(s) for s in servers] == [1, 1], servers  # each shard's variables together
     assert sorted(s[0].split("/device")[0] for s in servers) == ["/job:ps/replica:0/task:0",
                                                                  "/job:ps/replica:0/task:1"]
-    run_example("distributed_ps.py", args + ["--mode", "single", "--shards", "2",
-                                             "--save-weights", str(tmp_path / "single.npz")])
     ps, single = np.load(tmp_path / "ps.npz"), np.load(tmp_path / "single.npz")
     assert int(ps["stat_released"]) > 0 and int(ps["stat_live"]) > 0
     assert int(ps["stat_admitted"]) > int(ps["stat_live"])

@@ -107,24 +107,33 @@ def test_exported_model_serves_without_the_package(trained, tmp_path):
 def test_export_command_line(trained, tmp_path):
     model, _ = trained
     model.save(tmp_path / "m.keras")
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "group_lasso_tf.export", *map(str, args)], cwd="/",
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-                 PYTHONPATH=os.path.dirname(os.path.dirname(gl.__file__))),
-        capture_output=True, text=True, timeout=300)
-    proc = run(tmp_path / "m.keras", tmp_path / "served")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "variable bytes" in proc.stdout
-    assert os.path.exists(tmp_path / "served" / "saved_model.pb")
-    # A corrupted file and a non-Keras path fail clearly and write nothing.
+    def start(*args):
+        return subprocess.Popen(
+            [sys.executable, "-m", "group_lasso_tf.export", *map(str, args)], cwd="/",
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                     PYTHONPATH=os.path.dirname(os.path.dirname(gl.__file__))),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(proc):
+        proc.stdout_text, proc.stderr_text = proc.communicate(timeout=300)
+        return proc
+
+    # A corrupted file and a non-Keras path fail clearly and write nothing
+    # (run beside the export itself: CI has 2 cores).
     (tmp_path / "bad.keras").write_bytes(os.urandom(1000))
-    proc = run(tmp_path / "bad.keras", tmp_path / "out1")
-    assert proc.returncode == 2 and "cannot load" in proc.stderr and "nothing written" in proc.stderr
     (tmp_path / "notes.txt").write_text("hello")
-    proc = run(tmp_path / "notes.txt", tmp_path / "out2")
-    assert proc.returncode == 2 and "not a .keras model file" in proc.stderr
-    proc = run(tmp_path / "m.keras", tmp_path / "served")  # destination exists
-    assert proc.returncode == 2 and "already exists" in proc.stderr
+    procs = [start(tmp_path / "m.keras", tmp_path / "served"),
+             start(tmp_path / "bad.keras", tmp_path / "out1"),
+             start(tmp_path / "notes.txt", tmp_path / "out2")]
+    export, bad, notes = [finish(p) for p in procs]
+    assert export.returncode == 0, export.stderr_text[-3000:]
+    assert "variable bytes" in export.stdout_text
+    assert os.path.exists(tmp_path / "served" / "saved_model.pb")
+    assert (bad.returncode == 2 and "cannot load" in bad.stderr_text
+            and "nothing written" in bad.stderr_text), bad.stderr_text[-3000:]
+    assert notes.returncode == 2 and "not a .keras model file" in notes.stderr_text
+    again = finish(start(tmp_path / "m.keras", tmp_path / "served"))  # destination exists
+    assert again.returncode == 2 and "already exists" in again.stderr_text
     assert not os.path.exists(tmp_path / "out1") and not os.path.exists(tmp_path / "out2")
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".export-")]
 
