@@ -21,6 +21,9 @@ import pytest  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SEED = int(os.environ.get("GROUP_LASSO_TF_TEST_SEED", time.time_ns() % (2**31)))
+# pytest-xdist's workers are started after this file is read in the main
+# process and inherit its environment: one seed for the whole run.
+os.environ["GROUP_LASSO_TF_TEST_SEED"] = str(SEED)
 
 
 def pytest_report_header(config):

@@ -110,7 +110,8 @@ def test_tensorflow_gpu_kernels_compile_and_link(tmp_path, tmp_path_factory):
     for source, defines in (("cc/kernels/group_lasso_kernels.cc", ["-DGOOGLE_CUDA=1"]),
                             ("cc/ops/group_lasso_ops.cc", [])):
         obj = str(tmp_path / (os.path.basename(source) + ".o"))
-        commands.append(["g++", "-c", "-std=c++17", "-O1", "-fPIC", *defines, "-Icc",
+        # -O0: a compile check (35 s instead of 47 s for the kernels at -O1).
+        commands.append(["g++", "-c", "-std=c++17", "-O0", "-fPIC", *defines, "-Icc",
                          "-I" + shim, "-I" + os.path.join(home, "include"), *TF_QUIET, *cflags,
                          source, "-o", obj])
         objects.append(obj)
