@@ -35,23 +35,31 @@ void DenseOnGpu(OpKernelContext* ctx, const group_lasso::StepConfig<Rule, T>& co
   }
 }
 
+// Device scratch memory for the launchers of gpu_apply.cuh (null when out of
+// memory). The tensors stay referenced until the allocator goes out of scope
+// at the end of Compute; TensorFlow's GPU allocator only reuses them for work
+// queued later on the same stream.
+struct ScratchAllocator {
+  OpKernelContext* ctx;
+  std::vector<Tensor> tensors;
+
+  void* operator()(size_t bytes) {
+    Tensor t;
+    if (!ctx->allocate_temp(::tensorflow::DT_INT8, TensorShape({static_cast<int64_t>(bytes)}),
+                            &t).ok()) {
+      return nullptr;
+    }
+    tensors.push_back(t);
+    return t.flat<int8_t>().data();
+  }
+};
+
 template <typename T, typename Tindex, typename Rule>
 Status SparseOnGpu(OpKernelContext* ctx, const group_lasso::StepConfig<Rule, T>& config,
                    int64_t rows, int64_t dim, T* var, T* const* slots, const T* grad,
                    const T* hess, const group_lasso::HessianStore<T>& store, const Tindex* ids,
                    int64_t n) {
-  // Scratch tensors stay referenced until Compute returns; TensorFlow's GPU
-  // allocator only reuses them for work queued later on the same stream.
-  std::vector<Tensor> scratch;
-  auto allocate = [&](size_t bytes) -> void* {
-    Tensor t;
-    if (!ctx->allocate_temp(::tensorflow::DT_INT8,
-                            TensorShape({static_cast<int64_t>(bytes)}), &t).ok()) {
-      return nullptr;
-    }
-    scratch.push_back(t);
-    return t.flat<int8_t>().data();
-  };
+  ScratchAllocator allocate{ctx};
   const group_lasso::gpu::SparseStatus status = group_lasso::gpu::LaunchSparse<Rule, T, Tindex>(
       ctx->eigen_gpu_device().stream(), config, rows, dim, var, slots, grad, hess, store, ids,
       n, allocate);
@@ -72,16 +80,7 @@ Status ApplySparseTablesGpu<T, Tindex, Rule>::operator()(OpKernelContext* ctx, v
                                                         int64_t total, int64_t max_rows) {
   using Block = group_lasso::gpu::TablesBlock<Rule, T, Tindex>;
   const cudaStream_t stream = ctx->eigen_gpu_device().stream();
-  std::vector<Tensor> scratch;  // see SparseOnGpu
-  auto allocate = [&](size_t bytes) -> void* {
-    Tensor t;
-    if (!ctx->allocate_temp(::tensorflow::DT_INT8,
-                            TensorShape({static_cast<int64_t>(bytes)}), &t).ok()) {
-      return nullptr;
-    }
-    scratch.push_back(t);
-    return t.flat<int8_t>().data();
-  };
+  ScratchAllocator allocate{ctx};
   cudaError_t e = cudaMemcpyAsync(device, host, Block::Bytes(num_tables),
                                   cudaMemcpyHostToDevice, stream);
   if (e == cudaSuccess) {
