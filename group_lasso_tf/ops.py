@@ -27,17 +27,22 @@ def library_path():
     return paths[0] if paths else None
 
 
+def _build_info():
+    """What setup.py recorded of the build (group_lasso_tf/_build_info.py), or None."""
+    try:
+        from group_lasso_tf import _build_info as info
+    except ImportError:
+        return None
+    return info
+
+
 def _load():
     if os.environ.get("GROUP_LASSO_TF_DISABLE_OPS") == "1":
         return None, "GROUP_LASSO_TF_DISABLE_OPS=1 is set"
     path = library_path()
     if path is None:
         return None, f"the op library was not built (no _ops*.so in {_LIB_DIR}); {_REBUILD}"
-    try:
-        from group_lasso_tf import _build_info
-    except ImportError:
-        _build_info = None
-    built_for = getattr(_build_info, "TF_VERSION", None)
+    built_for = getattr(_build_info(), "TF_VERSION", None)
     if built_for is not None and built_for != tf.__version__:
         return None, (
             f"the op library was built for TensorFlow {built_for} but TensorFlow "
@@ -91,11 +96,7 @@ def apply_op(op_name):
 def gpu_kernels_built():
     """True when the op library was compiled with its CUDA kernels (setup.py
     does where TensorFlow and nvcc allow it)."""
-    try:
-        from group_lasso_tf import _build_info
-    except ImportError:
-        return False
-    return bool(getattr(_build_info, "CUDA", False))
+    return bool(getattr(_build_info(), "CUDA", False))
 
 
 def fused_available():
