@@ -3,14 +3,15 @@
     python bench/strength_overhead.py [--quick] [--rounds 15]
 
 Since issue 9 each number-valued strength (l1, l21, l2) of every regularized
-variable is a float64 optimizer variable, read each step, so that it can
-change without retracing. This compares, interleaved in one process, the same
+variable is held by the optimizer in float64 and read each step, so that it
+can change without retracing (since issue 17 all of them in one optimizer
+variable, read once per step). This compares, interleaved in one process, the same
 compiled step with the strengths read from those variables and with them
 patched back to constants:
 
 * one sparse step of a 10^6 x 32 table (4,096 Zipf ids), GroupAdam and GroupFtrl;
 * one `train_on_batch` step of the example's DeepFM on the Criteo sample
-  (26 tables + 4 kernels: 30 regularized variables, 90 strength variables).
+  (26 tables + 4 kernels: 30 regularized variables, 90 strengths).
 """
 
 import argparse
@@ -42,7 +43,8 @@ def as_constants(opt):
         if not opt._is_regularized(variable):
             return [tf.zeros([], dtype)] * 3
         return [tf.constant(v, dtype) for v in (opt.l1, opt.l21, opt.l2)]
-    opt._strengths = strengths
+    # Every path (one variable, a multi-table step) reads them through this.
+    opt._strengths_of = lambda variables, dtype: [strengths(v, dtype) for v in variables]
     return opt
 
 

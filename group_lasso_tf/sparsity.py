@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from group_lasso_tf import pruning
 from group_lasso_tf.layers import dynamic_index
+from group_lasso_tf.optimizers.strengths import assign_strengths
 from group_lasso_tf.rows import as_rows
 
 
@@ -385,11 +386,14 @@ class SparsityTarget(keras.callbacks.Callback):
         values = [np.concatenate([survival[i] / self._ratios[i] for i in unit])
                   for unit in self._units]
         values = [v[~np.isnan(v)] for v in values]
+        holders, levels = [], []
         for unit, level in zip(self._units, unit_strengths(values, reference)):
             if level is None:
                 continue
             for i in unit:
-                self._strengths[i].assign(level * self._ratios[i])
+                holders.append(self._strengths[i])
+                levels.append(level * self._ratios[i])
+        assign_strengths(holders, levels)
         after = self._shrink()
         self.history["step"].append(step)
         self.history["reference"].append(reference)

@@ -167,9 +167,9 @@ def _optimizer_op_counts(optimizer, tables, dense):
 
 def test_step_scalars_are_made_once_per_step_not_per_table(rng):
     """The learning rate and the rule's hyperparameters (Adam's bias
-    corrections) are made once per step and dtype, the strengths of all
-    tables cast with one op: adding tables adds their three strength reads
-    and nothing else."""
+    corrections) are made once per step and dtype, and the strengths of all
+    tables come from one read of the optimizer's strength table: adding
+    tables adds no op to the step beyond their own inputs."""
     counts = []
     dense = [keras.Variable(np.ones((4, 3), "float32"), name="kernel")]
     for n in (int(rng.integers(2, 5)), int(rng.integers(6, 12))):
@@ -180,9 +180,8 @@ def test_step_scalars_are_made_once_per_step_not_per_table(rng):
     (n1, small), (n2, large) = counts
     assert small.get("ResourceSparseApplyGroupAdamMulti") == large.get(
         "ResourceSparseApplyGroupAdamMulti") == 1
-    assert large["ReadVariableOp"] - small["ReadVariableOp"] == 3 * (n2 - n1)
     for kind in set(small) | set(large):
-        if kind not in ("ReadVariableOp", "Placeholder", "Const"):
+        if kind not in ("Placeholder", "Const"):
             assert small.get(kind) == large.get(kind), (kind, small, large)
     assert small["Pow"] == 2  # beta_1^t and beta_2^t, once
 

@@ -115,6 +115,37 @@ def test_set_strength_between_steps_never_retraces(rng):
     assert rel_err(table.numpy(), np_table) < 1e-10
 
 
+def test_strengths_are_held_in_one_variable_that_a_step_captures_once(rng):
+    """However many variables are regularized, their number-valued strengths
+    live in one float64 optimizer variable: a compiled step captures one
+    more input per added table for each of the table and its slots, and
+    none for its strengths. Each holder reads and assigns its own entry,
+    exactly (values that float32 would round)."""
+    rule = sorted(RULES)[int(rng.integers(len(RULES)))]
+    captures = []
+    for n in (int(rng.integers(1, 4)), int(rng.integers(5, 10))):
+        opt = RULES[rule](learning_rate=LR, l1=1e-3, l21=lambda step: 1e-2, l2=1e-4,
+                          **npr.BASE_HP[rule])
+        tables = [keras.Variable(rng.normal(size=(6, 3)), name=f"table_{i}") for i in range(n)]
+        opt.build(tables)
+        held = [v for v in opt.variables if v.name == "strengths"]
+        assert len(held) == 1 and held[0].shape == (2 * n,)  # l21 is a schedule
+        values = rng.uniform(0, 1, size=(n, 2)) + 1e-12  # not float32 numbers
+        for table, (l1, l2) in zip(tables, values):
+            opt.strength_variable(table, "l1").assign(l1)
+            opt.set_strength("l2", float(l2), [table])
+        for table, (l1, l2) in zip(tables, values):
+            assert opt.get_strength(table, "l1") == l1
+            assert opt.strength_variable(table, "l2").numpy() == l2
+            assert opt.strength_variable(table, "l21") is None
+        step = tf.function(lambda: opt.apply(
+            [tf.IndexedSlices(tf.ones([2, 3], tf.float64), tf.constant([0, 4]),
+                              tf.constant([6, 3])) for _ in tables], tables))
+        captures.append((n, len(step.get_concrete_function().captured_inputs)))
+    (n1, c1), (n2, c2) = captures
+    assert c2 - c1 == (n2 - n1) * (1 + len(opt._group_slot_names))
+
+
 @pytest.mark.parametrize("rule", ["adam", "ftrl"])
 def test_per_variable_strengths(rule, rng):
     default = tuple(float(v) for v in rng.uniform(0, [0.01, 0.1, 0.02]))

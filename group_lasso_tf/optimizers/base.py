@@ -23,7 +23,7 @@ from group_lasso_tf import ops as _ops
 from group_lasso_tf import reanchor, tf_step
 from group_lasso_tf.layers import dynamic_index
 from group_lasso_tf.optimizers.strengths import (  # noqa: F401 (re-exported)
-    STRENGTH_NAMES, StrengthsMixin, check_strength)
+    STRENGTH_NAMES, PackedStrength, StrengthsMixin, check_strength)
 from group_lasso_tf.rows import as_rows
 
 _SUPPORTED_DTYPES = (tf.float32, tf.float64)
@@ -604,15 +604,22 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
             setattr(self, "_" + slot_name + "_slots", slots)
         self._build_strengths(var_list)
 
-    def _new_strength_variable(self, variable, name, value):
-        # Not keras.initializers.Constant, which rounds a Python float through
+    def _hold_strengths(self, numbers):
+        # All of them in one float64 variable (PackedStrength): one captured
+        # input per step instead of one per strength. Its initializer is not
+        # keras.initializers.Constant, which rounds a Python float through
         # float32; and not an assign after creation, which Keras's symbolic
         # build (model.fit) would drop.
-        def exact(shape, dtype):
-            return tf.constant(value, dtype=dtype, shape=shape)
+        if not numbers:
+            return []
+        values = [value for _, _, value in numbers]
 
-        return self.add_variable(shape=(), initializer=exact, dtype="float64",
-                                 name=re.sub(r"\W", "_", f"{variable.name}_{name}"))
+        def exact(shape, dtype):
+            return tf.constant(values, dtype=dtype, shape=shape)
+
+        table = self.add_variable(shape=(len(values),), initializer=exact, dtype="float64",
+                                  name="strengths")
+        return [PackedStrength(table, i) for i in range(len(values))]
 
     def get_slot(self, variable, slot_name):
         """The optimizer variable `slot_name` (one of `_group_slot_names`) of `variable`."""

@@ -6,8 +6,9 @@ A variable is regularized unless it is excluded (`unregularized`,
 or gets dense gradients (a `Dense` kernel) while `regularize_dense` is False
 and no `per_variable` entry names it (docs/algorithm.md#which-variables-are-regularized).
 A regularized variable's strengths are the first matching `per_variable`
-entry over the optimizer's `l1`, `l21`, `l2`; each number is held in an
-optimizer variable (a float64 scalar), so `set_strength` and
+entry over the optimizer's `l1`, `l21`, `l2`; each number is held by the
+optimizer in float64 (the Keras 3 optimizers: all in one optimizer variable,
+`PackedStrength`; the tf.keras ones: a variable each), so `set_strength` and
 `sparsity.SparsityTarget` change it between steps without retracing.
 """
 
@@ -26,6 +27,67 @@ def check_strength(name, value):
 
 
 STRENGTH_NAMES = ("l1", "l21", "l2")
+
+
+class PackedStrength:
+    """One number-valued strength of one variable, held at `index` of a 1-D
+    float64 optimizer variable (`table`) that holds them all: a step then
+    reads one variable for every strength, not one per strength (each
+    variable a `tf.function` step touches is one more of its captured
+    inputs, about 2 us per call each on a 2-core machine;
+    docs/benchmarks.md). `set_strength` and `SparsityTarget` change it with
+    `assign`, between steps and without retracing."""
+
+    dtype = tf.float64
+    shape = tf.TensorShape([])
+
+    def __init__(self, table, index):
+        self.table = table
+        self.index = index
+
+    def value(self):
+        """The current value, a float64 scalar tensor."""
+        return self.table.value[self.index]
+
+    read_value = value
+
+    def numpy(self):
+        return self.value().numpy()
+
+    def assign(self, value):
+        """Sets the value (a float or scalar tensor)."""
+        assign_strengths([self], [value])
+
+    def __float__(self):
+        return float(self.numpy())
+
+    def __repr__(self):
+        return f"<PackedStrength {self.table.path}[{self.index}]>"
+
+
+def assign_strengths(holders, values):
+    """Sets each strength holder (an optimizer variable or a
+    `PackedStrength`) to its value: the packed ones with one write per
+    strength table, not one per strength."""
+    tables = {}
+    for holder, value in zip(holders, values):
+        if isinstance(holder, PackedStrength):
+            indices, updates = tables.setdefault(id(holder.table), (holder.table, [], []))[1:]
+            indices.append([holder.index])
+            # dtype_hint: a Python float becomes a float64 tensor, not a
+            # float32 one cast up (which would round it).
+            updates.append(tf.cast(tf.convert_to_tensor(value, dtype_hint=tf.float64),
+                                   tf.float64))
+        else:
+            holder.assign(value)
+    for table, indices, updates in tables.values():
+        table.assign(tf.tensor_scatter_nd_update(table.value, indices, tf.stack(updates)))
+
+
+def _read(holder):
+    """The value of a strength holder (an optimizer variable or a
+    `PackedStrength`) as a tensor."""
+    return holder.value() if isinstance(holder, PackedStrength) else tf.convert_to_tensor(holder)
 
 
 def _is_held(strength):
@@ -171,21 +233,31 @@ class StrengthsMixin:
         return None
 
     def _build_strengths(self, var_list):
-        """One optimizer variable (a float64 scalar) per number-valued
-        strength of each regularized variable: what `set_strength` and
+        """An optimizer-held float64 number per number-valued strength of
+        each regularized variable: what `set_strength` and
         `sparsity.SparsityTarget` change between steps. float64 so that the
         values set are kept exactly (bench/strength_overhead.py: holding them
         in the variable's own dtype instead, saving the cast, measured no
-        faster)."""
+        faster). The host decides how they are held (`_hold_strengths`)."""
+        numbers = []  # (variable, strength name, value) to hold
         for v in var_list:
             key = self._var_key(v)
             if key in self._strength_state or not self._regularizable(v):
                 continue
             state = {}
             for name, spec in self._strength_specs(v).items():
-                state[name] = spec if callable(spec) else self._new_strength_variable(
-                    v, name, spec)
+                if callable(spec):
+                    state[name] = spec
+                else:
+                    numbers.append((v, name, spec))
             self._strength_state[key] = state
+        for (v, name, _), holder in zip(numbers, self._hold_strengths(numbers)):
+            self._strength_state[self._var_key(v)][name] = holder
+
+    def _hold_strengths(self, numbers):
+        """Holders of the (variable, name, value) `numbers`, in order: here
+        one optimizer variable (a float64 scalar) each."""
+        return [self._new_strength_variable(v, name, value) for v, name, value in numbers]
 
     def _new_strength_variable(self, variable, name, value):
         raise NotImplementedError
@@ -208,8 +280,16 @@ class StrengthsMixin:
                 state = self._strength_specs(v)
             specs.append([state[name] for name in STRENGTH_NAMES])
         held = [x for spec in specs for x in spec if _is_held(x)]
-        cast = iter(tf.unstack(tf.cast(tf.stack([tf.convert_to_tensor(x) for x in held]), dtype))
-                    if len(held) > 1 else [tf.cast(x, dtype) for x in held])
+        if held and all(isinstance(x, PackedStrength) and x.table is held[0].table
+                        for x in held):
+            # One read of the optimizer's strength table for all of them.
+            table = tf.cast(held[0].table.value, dtype)
+            cast = iter(tf.unstack(tf.gather(table, [x.index for x in held]))
+                        if len(held) > 1 else [table[held[0].index]])
+        else:
+            cast = iter(
+                tf.unstack(tf.cast(tf.stack([_read(x) for x in held]), dtype))
+                if len(held) > 1 else [tf.cast(_read(x), dtype) for x in held])
         return [[next(cast) if _is_held(x) else self._strength_tensor(x, dtype) for x in spec]
                 for spec in specs]
 
@@ -221,9 +301,11 @@ class StrengthsMixin:
         return tf.cast(value(self.iterations), dtype)
 
     def strength_variable(self, variable, name="l21"):
-        """The optimizer variable (a float64 scalar) holding strength `name`
-        of `variable`, or None if `variable` is unregularized or that
-        strength is a schedule."""
+        """What holds strength `name` of `variable` (a float64 number that
+        reads with `numpy()` and `value()` and changes with `assign(x)`: an
+        optimizer variable, or for the Keras 3 optimizers a `PackedStrength`,
+        an entry of their one strength variable), or None if `variable` is
+        unregularized or that strength is a schedule."""
         if name not in STRENGTH_NAMES:
             raise ValueError(f"`name` must be one of {STRENGTH_NAMES}, got {name!r}")
         if not self._is_regularized(variable):
@@ -260,5 +342,4 @@ class StrengthsMixin:
         if any(callable(h) for h in holders):
             raise ValueError(f"set_strength: `{name}` is a schedule or callable for some of "
                              "these variables; it cannot be set")
-        for h in holders:
-            h.assign(value)
+        assign_strengths(holders, [value] * len(holders))
