@@ -210,3 +210,50 @@ def test_one_multi_table_op_per_device(rng):
     for op in multi:
         handles = op.inputs[:op.get_attr("N")]
         assert len({h.device for h in handles}) == 1, [h.device for h in handles]
+
+
+def _thp_mode():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _huge_page_kb():
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages"))
+
+
+def test_large_tables_are_offered_huge_pages_and_step_as_small_ones(rng, monkeypatch):
+    """A host buffer of 4 MB or more that an op writes is offered transparent
+    huge pages (cc/kernels/huge_pages.h): its steps still equal the float64
+    reference, and with GROUP_LASSO_TF_HUGE_PAGES=collapse, where the kernel
+    backs memory with huge pages only on request (THP "madvise"), the
+    process holds more of them right after the first step."""
+    monkeypatch.setenv("GROUP_LASSO_TF_HUGE_PAGES", "collapse")
+    import np_reference as npr
+
+    rows, dim = int(rng.integers(2**16, 2**17)), 16  # 8-16 MB per array in float64
+    hp = npr.BASE_HP["adam"]
+    init = rng.normal(size=(rows, dim))
+    table = keras.Variable(init, name="large_table")
+    lr = 2.0**-7  # exact in float32, where Keras keeps the learning rate
+    optimizer = gl.GroupAdam(learning_rate=lr, l1=1e-3, l21=2e-2, **hp)
+    optimizer.build([table])
+    want, state = init.copy(), npr.initial_state("adam", init.shape, hp)
+    for t in range(1, 4):
+        ids = rng.integers(0, rows, size=int(rng.integers(1, 200)))
+        ids[: len(ids) // 3] = ids[0]  # duplicates
+        values = rng.normal(size=(len(ids), dim))
+        grads = [tf.IndexedSlices(tf.constant(values), tf.constant(ids),
+                                  tf.constant([rows, dim], tf.int64))]
+        # Measured around the op alone: NumPy asks for huge pages for its own
+        # large arrays (the reference's).
+        before = _huge_page_kb()
+        optimizer.apply(grads, [table])
+        if t == 1 and _thp_mode() == "madvise":
+            assert _huge_page_kb() - before >= 2048, (before, _huge_page_kb())
+        want, state = npr.sparse_step("adam", want, state, values, ids, lr, 1e-3, 2e-2, 0.0,
+                                      hp, t)
+    np.testing.assert_allclose(table.numpy(), want, rtol=1e-10, atol=1e-12)

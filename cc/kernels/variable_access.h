@@ -12,7 +12,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include "kernels/huge_pages.h"
 
 #include "unsupported/Eigen/CXX11/Tensor"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -46,6 +49,14 @@ inline void CopyTensorBuffer(const Eigen::GpuDevice& d, const ::tensorflow::Tens
   d.memcpy(const_cast<char*>(to->tensor_data().data()), src.data(), src.size());
 }
 #endif  // GOOGLE_CUDA
+
+template <typename Device>
+void AdviseHostBuffer(const ::tensorflow::Tensor& t) {
+  if constexpr (std::is_same<Device, Eigen::ThreadPoolDevice>::value) {
+    const auto data = t.tensor_data();
+    AdviseHugePages(data.data(), data.size());
+  }
+}
 
 class LockedVariables {
  public:
@@ -97,11 +108,15 @@ class LockedVariables {
 
   // Gives variable i a buffer of its own before it is written: a tensor read
   // earlier (a pending `read_value`, an identity, a dataset element) still
-  // holds the old buffer and must not see the update.
+  // holds the old buffer and must not see the update. A large host buffer
+  // is also offered huge pages (huge_pages.h).
   template <typename Device>
   ::tensorflow::Status CopyOnWrite(::tensorflow::OpKernelContext* ctx, int i) {
     ::tensorflow::Tensor* t = vars_[i]->tensor();
-    if (t->RefCountIsOne()) return ::tensorflow::OkStatus();
+    if (t->RefCountIsOne()) {
+      AdviseHostBuffer<Device>(*t);
+      return ::tensorflow::OkStatus();
+    }
     ::tensorflow::Tensor copy;
     ::tensorflow::AllocatorAttributes attr;
     attr.set_gpu_compatible(true);
@@ -109,6 +124,7 @@ class LockedVariables {
     TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &copy, attr));
     CopyTensorBuffer(ctx->eigen_device<Device>(), *t, &copy);
     *t = copy;
+    AdviseHostBuffer<Device>(*t);
     return ::tensorflow::OkStatus();
   }
 
