@@ -5,6 +5,10 @@ generated families of tables (shapes, dtypes, index dtypes, duplicates,
 empty batches, per-table strengths), fresh every run; a bad id fails the
 whole step before any write, naming its table."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -220,21 +224,49 @@ def _thp_mode():
         return None
 
 
-def _huge_page_kb():
+_HUGE_PAGES_SCRIPT = """
+import os, sys
+import numpy as np, tensorflow as tf, group_lasso_tf as gl
+
+def huge_kb():
     with open("/proc/self/smaps_rollup") as f:
-        return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages"))
+        return sum(int(l.split()[1]) for l in f if l.startswith("AnonHugePages"))
+
+rows = int(sys.argv[1])
+kept = []  # alive, so that the second table's buffers cannot reuse the first's
+for mode in ("0", "collapse"):
+    os.environ["GROUP_LASSO_TF_HUGE_PAGES"] = mode
+    table = tf.Variable(tf.zeros([rows, 16], tf.float64))
+    optimizer = gl.GroupAdam(learning_rate=2.0**-7, l21=1e-3)
+    optimizer.build([table])
+    kept.append((table, optimizer))
+    grad = tf.IndexedSlices(tf.ones([3, 16], tf.float64), tf.constant([0, 7, 7]),
+                            tf.constant([rows, 16]))
+    before = huge_kb()
+    optimizer.apply([grad], [table])
+    print(mode, huge_kb() - before)
+"""
 
 
-def test_large_tables_are_offered_huge_pages_and_step_as_small_ones(rng, monkeypatch):
+def test_large_tables_are_offered_huge_pages_and_step_as_small_ones(rng):
     """A host buffer of 4 MB or more that an op writes is offered transparent
     huge pages (cc/kernels/huge_pages.h): its steps still equal the float64
-    reference, and with GROUP_LASSO_TF_HUGE_PAGES=collapse, where the kernel
-    backs memory with huge pages only on request (THP "madvise"), the
-    process holds more of them right after the first step."""
-    monkeypatch.setenv("GROUP_LASSO_TF_HUGE_PAGES", "collapse")
+    reference; and in a fresh process (where no earlier allocation left huge
+    pages behind), where the kernel backs memory with huge pages only on
+    request (THP "madvise"), the first step gains them for the table and its
+    slots with GROUP_LASSO_TF_HUGE_PAGES=collapse, and none with =0."""
     import np_reference as npr
 
     rows, dim = int(rng.integers(2**16, 2**17)), 16  # 8-16 MB per array in float64
+    if _thp_mode() == "madvise":
+        proc = subprocess.run(
+            [sys.executable, "-c", _HUGE_PAGES_SCRIPT, str(rows)], capture_output=True,
+            text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        gained = dict(line.split() for line in proc.stdout.splitlines()[-2:])
+        assert int(gained["0"]) == 0, proc.stdout
+        # The aligned interiors of the table and its 3 slots, at least.
+        assert int(gained["collapse"]) >= 4 * (rows * dim * 8 // 2**21 - 1) * 2048, proc.stdout
     hp = npr.BASE_HP["adam"]
     init = rng.normal(size=(rows, dim))
     table = keras.Variable(init, name="large_table")
@@ -246,14 +278,8 @@ def test_large_tables_are_offered_huge_pages_and_step_as_small_ones(rng, monkeyp
         ids = rng.integers(0, rows, size=int(rng.integers(1, 200)))
         ids[: len(ids) // 3] = ids[0]  # duplicates
         values = rng.normal(size=(len(ids), dim))
-        grads = [tf.IndexedSlices(tf.constant(values), tf.constant(ids),
-                                  tf.constant([rows, dim], tf.int64))]
-        # Measured around the op alone: NumPy asks for huge pages for its own
-        # large arrays (the reference's).
-        before = _huge_page_kb()
-        optimizer.apply(grads, [table])
-        if t == 1 and _thp_mode() == "madvise":
-            assert _huge_page_kb() - before >= 2048, (before, _huge_page_kb())
+        optimizer.apply([tf.IndexedSlices(tf.constant(values), tf.constant(ids),
+                                          tf.constant([rows, dim], tf.int64))], [table])
         want, state = npr.sparse_step("adam", want, state, values, ids, lr, 1e-3, 2e-2, 0.0,
                                       hp, t)
     np.testing.assert_allclose(table.numpy(), want, rtol=1e-10, atol=1e-12)

@@ -6,8 +6,9 @@
 // as much as the row's cache miss. Linux backs memory with 2 MB pages where
 // the process asks for them (transparent_hugepage "madvise", a common
 // default) or everywhere ("always"); TensorFlow does not ask. So the first
-// time an op writes a host buffer of at least kHugePageMinBytes, it asks for
-// the buffer's aligned interior (GROUP_LASSO_TF_HUGE_PAGES):
+// time an op writes a host buffer of at least kHugePageMinBytes (and again
+// every kHugePageRenewSightings writes), it asks for the buffer's aligned
+// interior (GROUP_LASSO_TF_HUGE_PAGES):
 //
 // - unset or "1": MADV_HUGEPAGE. Free: the kernel's khugepaged thread then
 //   moves the pages already there to huge pages in the background (by
@@ -30,8 +31,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
-#include <set>
 #include <utility>
 
 #if defined(__linux__)
@@ -47,28 +48,33 @@ namespace group_lasso_tf {
 // threshold kept half of the gain of "collapse" below 4 MB's).
 constexpr uint64_t kHugePageMinBytes = uint64_t{4} << 20;
 
+// How often a buffer already seen is asked for again, in sightings (about
+// steps): TensorFlow frees buffers and the allocator hands the same address
+// and size to new ones (a rebuilt model, a copy-on-write copy), whose pages
+// carry no advice, and nothing tells the op. One madvise per buffer every
+// 1,000 steps costs nothing measurable; asking every step would take the
+// process's memory-map lock for each large buffer of every step.
+constexpr uint32_t kHugePageRenewSightings = 1000;
+
 inline void AdviseHugePages(const void* data, uint64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (bytes < kHugePageMinBytes) return;
-  // Each buffer once (by address and size): a step touches the same
-  // buffers again, and a syscall per buffer per step would cost more than
-  // it saves. A freed buffer's address reused by another is at worst left
-  // unadvised.
   static std::mutex mu;
-  static auto* advised = new std::set<std::pair<uint64_t, uint64_t>>();
+  static auto* sightings = new std::map<std::pair<uint64_t, uint64_t>, uint32_t>();
   const uint64_t begin = reinterpret_cast<uint64_t>(data);
   {
     std::lock_guard<std::mutex> lock(mu);
-    if (!advised->emplace(begin, bytes).second) return;
+    if (sightings->size() > 65536) sightings->clear();  // buffers long gone
+    if ((*sightings)[{begin, bytes}]++ % kHugePageRenewSightings != 0) return;
   }
+  // Read when asking, not once per process (a test or a user may change it).
+  const char* mode = std::getenv("GROUP_LASSO_TF_HUGE_PAGES");
+  if (mode != nullptr && std::strcmp(mode, "0") == 0) return;
   constexpr uint64_t kHuge = uint64_t{2} << 20;
   const uint64_t first = (begin + kHuge - 1) & ~(kHuge - 1);
   const uint64_t last = (begin + bytes) & ~(kHuge - 1);
   if (last <= first) return;
   void* start = reinterpret_cast<void*>(first);
-  // Read per new buffer (not once per process): a few per training job.
-  const char* mode = std::getenv("GROUP_LASSO_TF_HUGE_PAGES");
-  if (mode != nullptr && std::strcmp(mode, "0") == 0) return;
   if (madvise(start, last - first, MADV_HUGEPAGE) != 0) return;
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25  // Linux 6.1+; older kernels answer EINVAL

@@ -34,8 +34,8 @@ class PackedStrength:
     float64 optimizer variable (`table`) that holds them all: a step then
     reads one variable for every strength, not one per strength (each
     variable a `tf.function` step touches is one more of its captured
-    inputs, about 2 us per call each on a 2-core machine;
-    docs/benchmarks.md). `set_strength` and `SparsityTarget` change it with
+    inputs, about 1.6 us per call each on a 2-core machine;
+    docs/benchmarks.md, issue 17). `set_strength` and `SparsityTarget` change it with
     `assign`, between steps and without retracing."""
 
     dtype = tf.float64
@@ -91,8 +91,8 @@ def _read(holder):
 
 
 def _is_held(strength):
-    """Whether a strength spec is an optimizer variable (not a number or a
-    schedule)."""
+    """Whether a strength spec is held by the optimizer (an optimizer
+    variable or a `PackedStrength`; not a number or a schedule)."""
     return not (callable(strength) or isinstance(strength, numbers.Real))
 
 
