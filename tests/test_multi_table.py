@@ -232,6 +232,7 @@ def huge_kb():
     with open("/proc/self/smaps_rollup") as f:
         return sum(int(l.split()[1]) for l in f if l.startswith("AnonHugePages"))
 
+assert gl.fused_available(), gl.ops.unavailable_reason()
 rows = int(sys.argv[1])
 kept = []  # alive, so that the second table's buffers cannot reuse the first's
 for mode in ("0", "collapse"):
@@ -259,9 +260,13 @@ def test_large_tables_are_offered_huge_pages_and_step_as_small_ones(rng):
 
     rows, dim = int(rng.integers(2**16, 2**17)), 16  # 8-16 MB per array in float64
     if _thp_mode() == "madvise":
+        # The package this process imported (not one a working directory
+        # would shadow: a source tree without the built op library).
+        package_root = os.path.dirname(os.path.dirname(gl.__file__))
         proc = subprocess.run(
             [sys.executable, "-c", _HUGE_PAGES_SCRIPT, str(rows)], capture_output=True,
-            text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+            text=True, timeout=300, cwd="/",
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=package_root))
         assert proc.returncode == 0, proc.stderr[-3000:]
         gained = dict(line.split() for line in proc.stdout.splitlines()[-2:])
         assert int(gained["0"]) == 0, proc.stdout
