@@ -24,9 +24,10 @@ rounds of `--steps` steps, median of the per-round times:
   the cost of the ops alone, without the optimizer's Python-built graph
   around them.
 
-`--profile OPTIMIZER` instead traces 10 steps of `+ OPTIMIZER` with
-TensorFlow's profiler and prints the op time per step by op type, split into
-the optimizer's ops (its name scope) and the model's.
+`--profile OPTIMIZER` instead traces `--steps` steps of `+ OPTIMIZER` with
+TensorFlow's profiler and prints the op time per step by op type (the
+median event time times the events per step), split into the optimizer's
+ops (its name scope) and the model's.
 
 The ratios are those of issue 17: full step / forward+backward. GroupAdaHessian
 is not in the table: its forward+backward also computes Hessian-vector
@@ -159,9 +160,10 @@ def measure(sizes, names, rounds, steps, rng):
 
 
 def profile(sizes, name, rng, steps=10):
-    """{(part, op type): microseconds per step} of `+ name` steps, from a
-    TensorFlow profiler trace (part: "optimizer" for the ops in the
-    optimizer's name scope, else "model")."""
+    """{(part, op type): microseconds per step} of `steps` steps of `+ name`,
+    from a TensorFlow profiler trace (part: "optimizer" for the ops in the
+    optimizer's name scope, else "model"): the median time of the type's op
+    events times their number per step."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     keras.utils.set_random_seed(0)
@@ -190,7 +192,7 @@ def profile(sizes, name, rng, steps=10):
         space = xplane_pb2.XSpace()
         with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
             space.ParseFromString(f.read())
-    micros = collections.defaultdict(float)
+    durations = collections.defaultdict(list)
     for plane in space.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_Compute"):  # the executor's op events
@@ -201,8 +203,10 @@ def profile(sizes, name, rng, steps=10):
                 if kind in ("Process", "ParallelFor", "ExecutorDoneCallback"):
                     continue  # spans that contain ops, not ops
                 part = "optimizer" if op.startswith(optimizer.name + "/") else "model"
-                micros[(part, kind)] += event.duration_ps / 1e6 / len(batches)
-    return micros
+                durations[(part, kind)].append(event.duration_ps / 1e6)
+    # The median event times the events per step: robust to the odd slow
+    # step, which a mean over a few steps is not.
+    return {key: float(np.median(d)) * len(d) / len(batches) for key, d in durations.items()}
 
 
 def main(argv=None):
@@ -229,7 +233,7 @@ def main(argv=None):
         for tables in map(int, args.tables.split(",")):
             for scale in map(int, args.scales.split(",")):
                 sizes = cardinalities(tables, scale)
-                micros = profile(sizes, args.profile, rng)
+                micros = profile(sizes, args.profile, rng, args.steps)
                 print(f"\n{tables} tables, {sum(sizes):,} rows, + {args.profile}: op time per step")
                 for part in ("optimizer", "model"):
                     items = sorted(((us, kind) for (p, kind), us in micros.items() if p == part),
