@@ -15,7 +15,7 @@
 //   default about 16 MB every 10 s), and pages faulted in later are huge.
 // - "collapse": also MADV_COLLAPSE (Linux 6.1+), which backs the whole
 //   buffer with huge pages at once by copying it: about 2 s per GB on the
-//   first step that writes it (measured here: 5.2-5.8 s for a 10^7 x 16
+//   first step that writes it (measured here: 5.2-6.2 s for a 10^7 x 16
 //   table and its 3 slots, 2.5 GB), in exchange for about 10-18% less time in
 //   every later sparse step of a 9.7M-row, 26-table DeepFM
 //   (docs/benchmarks.md, issue 17).
