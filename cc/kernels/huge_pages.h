@@ -37,6 +37,9 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25  // Linux 6.1+; older kernels answer EINVAL
+#endif
 #endif
 
 namespace group_lasso_tf {
@@ -76,9 +79,6 @@ inline void AdviseHugePages(const void* data, uint64_t bytes) {
   if (last <= first) return;
   void* start = reinterpret_cast<void*>(first);
   if (madvise(start, last - first, MADV_HUGEPAGE) != 0) return;
-#ifndef MADV_COLLAPSE
-#define MADV_COLLAPSE 25  // Linux 6.1+; older kernels answer EINVAL
-#endif
   if (mode != nullptr && std::strcmp(mode, "collapse") == 0) {
     madvise(start, last - first, MADV_COLLAPSE);
   }

@@ -113,17 +113,15 @@ class LockedVariables {
   template <typename Device>
   ::tensorflow::Status CopyOnWrite(::tensorflow::OpKernelContext* ctx, int i) {
     ::tensorflow::Tensor* t = vars_[i]->tensor();
-    if (t->RefCountIsOne()) {
-      AdviseHostBuffer<Device>(*t);
-      return ::tensorflow::OkStatus();
+    if (!t->RefCountIsOne()) {
+      ::tensorflow::Tensor copy;
+      ::tensorflow::AllocatorAttributes attr;
+      attr.set_gpu_compatible(true);
+      attr.set_nic_compatible(true);
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &copy, attr));
+      CopyTensorBuffer(ctx->eigen_device<Device>(), *t, &copy);
+      *t = copy;
     }
-    ::tensorflow::Tensor copy;
-    ::tensorflow::AllocatorAttributes attr;
-    attr.set_gpu_compatible(true);
-    attr.set_nic_compatible(true);
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &copy, attr));
-    CopyTensorBuffer(ctx->eigen_device<Device>(), *t, &copy);
-    *t = copy;
     AdviseHostBuffer<Device>(*t);
     return ::tensorflow::OkStatus();
   }

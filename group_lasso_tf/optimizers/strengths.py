@@ -58,9 +58,6 @@ class PackedStrength:
         """Sets the value (a float or scalar tensor)."""
         assign_strengths([self], [value])
 
-    def __float__(self):
-        return float(self.numpy())
-
     def __repr__(self):
         return f"<PackedStrength {self.table.path}[{self.index}]>"
 
