@@ -90,6 +90,47 @@ def test_multi_table_step_equals_one_op_per_table(name, rng):
     assert any(not np.array_equal(w, t["init"]) for w, t in zip(weights, tables))
 
 
+def _hash_slot(ids, bits):
+    """The slot cc/group_lasso/apply.h's SumDuplicateRows hashes an id to:
+    the top `bits` bits of id * 0x9E3779B97F4A7C15 (mod 2^64)."""
+    product = (np.asarray(ids, np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return product >> np.uint64(64 - bits)
+
+
+@pytest.mark.parametrize("name", ["adam", "ftrl"])
+def test_ids_that_collide_in_the_hash_table_are_summed_like_one_op_per_table(name, rng):
+    """The multi-table op groups a table's ids with a hash table. Ids that
+    all hash to its last slot make every lookup probe past the others and
+    wrap around to slot 0; with duplicates among them, in a random order, the
+    step still equals one op per table bit for bit. (If the hash changes,
+    this stays a valid test, only a less adversarial one.)"""
+    n = int(rng.integers(17, 32))  # positions per batch: a table of 2^6 slots
+    bits = 6
+    rows = 4096
+    candidates = np.arange(rows)
+    colliding = candidates[_hash_slot(candidates, bits) == (1 << bits) - 1]
+    assert colliding.size >= 8
+    index_dtype = [np.int32, np.int64][int(rng.integers(2))]  # one op: one index dtype
+    tables = [dict(name=f"table_{t}", init=rng.normal(size=(rows, 3)).astype("float32"),
+                   index_dtype=index_dtype) for t in range(2)]
+    steps = []
+    for _ in range(3):
+        grads = []
+        for table in tables:
+            distinct = rng.choice(colliding, size=int(rng.integers(4, 9)), replace=False)
+            ids = rng.choice(distinct, size=n).astype(table["index_dtype"])
+            values = rng.normal(size=(n, 3)).astype("float32")
+            grads.append((values, ids))
+        steps.append(grads)
+    weights, slots, graph_ops = _train(name, tables, steps, True, None)
+    ref_weights, ref_slots, _ = _train(name, tables, steps, False, None)
+    assert any(op.endswith("Multi") for op in graph_ops), sorted(graph_ops)
+    for a, b in zip(weights + slots, ref_weights + ref_slots):
+        np.testing.assert_array_equal(a, b)
+    touched = np.unique(np.concatenate([ids for grads in steps for _, ids in grads[:1]]))
+    assert not np.array_equal(weights[0][touched], tables[0]["init"][touched])
+
+
 def test_a_bad_id_fails_the_whole_step_naming_its_table_before_any_write(rng):
     """Three tables, the second with an id out of range: an error naming it,
     and no table or slot changed."""

