@@ -131,6 +131,79 @@ def test_ids_that_collide_in_the_hash_table_are_summed_like_one_op_per_table(nam
     assert not np.array_equal(weights[0][touched], tables[0]["init"][touched])
 
 
+@pytest.mark.parametrize("name", ["adam", "momentum"])
+def test_slot_reads_in_the_same_step_are_ordered_around_the_update(name, rng):
+    """The multi-table op reaches the slots through one stacked tensor of
+    handles. A step that also reads a slot directly, before and after
+    `apply`, gets automatic control dependencies on the op all the same
+    (the resolver in optimizers/base.py): the first read is a control input
+    of the op, the op a control input of the second, and the values read are
+    those from before and after the update."""
+    from group_lasso_tf.optimizers.base import resource_variable
+
+    n = int(rng.integers(2, 5))
+    tables = [keras.Variable(rng.normal(size=(int(rng.integers(4, 20)), 3)).astype("float32"),
+                             name=f"t{i}") for i in range(n)]
+    optimizer = FACTORIES[name](l21=1e-3)
+    optimizer.build(tables)
+    watched = int(rng.integers(n))
+    slot = resource_variable(
+        optimizer.get_slot(tables[watched], optimizer._group_slot_names[0]), "slot")
+
+    @tf.function
+    def step(grads):
+        before = slot.read_value()
+        optimizer.apply(grads, tables)
+        after = slot.read_value()
+        return before, after
+
+    def grads():
+        out = []
+        for t in tables:
+            ids = rng.integers(0, t.shape[0], size=5)
+            out.append(tf.IndexedSlices(tf.constant(rng.normal(size=(5, 3)), tf.float32),
+                                        tf.constant(ids), tf.constant(t.shape, tf.int64)))
+        return out
+
+    for _ in range(3):
+        start = slot.numpy()
+        before, after = step(grads())
+        np.testing.assert_array_equal(before.numpy(), start)
+        np.testing.assert_array_equal(after.numpy(), slot.numpy())
+        assert not np.array_equal(after.numpy(), start)
+    graph = step.get_concrete_function(grads()).graph
+    multi = [op for op in graph.get_operations() if op.type.endswith("Multi")]
+    assert len(multi) == 1
+    (inside,) = [inside for outside, inside in graph.captures if outside is slot.handle]
+    reads = [op for op in graph.get_operations()
+             if op.type == "ReadVariableOp" and op.inputs[0] is inside]
+    assert len(reads) == 2
+    first, second = sorted(reads, key=lambda op: multi[0] in op.control_inputs)
+    assert first in multi[0].control_inputs
+    assert multi[0] in second.control_inputs
+
+
+def test_slots_not_stacked_as_slots_by_tables_are_refused_before_any_write(rng):
+    """The op's `slots` input must be [slots per table, tables]: handles
+    stacked the other way round (or too few) fail with an error naming it,
+    and nothing is written."""
+    n = 2
+    variables = [tf.Variable(rng.normal(size=(4, 3)).astype("float32")) for _ in range(n)]
+    slots = [[tf.Variable(tf.zeros((4, 3))) for _ in range(n)] for _ in range(3)]  # m, v, linear
+    op = ops.apply_op("ResourceSparseApplyGroupAdamMulti")
+    scalar = lambda x: tf.constant(x, tf.float32)  # noqa: E731
+    before = [v.numpy() for v in variables]
+    for wrong in (tf.stack([tf.stack([s[t].handle for s in slots]) for t in range(n)]),
+                  tf.stack([tf.stack([s[t].handle for t in range(n)]) for s in slots[:2]])):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"slots must be a \[3, N = 2\]"):
+            op([v.handle for v in variables], wrong, scalar(0.1), [scalar(0.0)] * n,
+               [scalar(0.1)] * n, [scalar(0.0)] * n,
+               *[scalar(x) for x in (0.9, 0.999, 0.9, 0.999, 1e-7)],
+               [tf.ones((1, 3))] * n, [tf.constant([1])] * n)
+    for v, b in zip(variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+
+
 def test_a_bad_id_fails_the_whole_step_naming_its_table_before_any_write(rng):
     """Three tables, the second with an id out of range: an error naming it,
     and no table or slot changed."""

@@ -45,11 +45,15 @@ def test_registered_ops_have_the_table_inputs(name):
             assert attrs == ({"T", "use_locking"} | ({"Tindices"} if sparse else set())
                              | ({rule.flag} if rule.flag else set())), op_name
             assert callable(ops.apply_op(op_name))
-    if rule.multi_op_name is not None:  # the multi-table op: lists of the same inputs
+    if rule.multi_op_name is not None:
+        # The multi-table op: lists of the same inputs, but the slots in one
+        # stacked tensor of handles.
         op_def = op_def_registry.get(rule.multi_op_name)
         assert op_def is not None, f"{rule.multi_op_name} is not registered"
-        per_table = {"var", *rule.slots, "l1", "l21", "l2", "grad", "indices"}
-        assert [a.name for a in op_def.input_arg] == _expected_inputs(rule, True, False)
+        per_table = {"var", "l1", "l21", "l2", "grad", "indices"}
+        expected = _expected_inputs(rule, True, False)
+        expected = ["var", "slots"] + expected[1 + len(rule.slots):]
+        assert [a.name for a in op_def.input_arg] == expected
         assert all((a.number_attr == "N") == (a.name in per_table) for a in op_def.input_arg)
         attrs = {a.name for a in op_def.attr}
         assert attrs == ({"N", "T", "Tindices", "use_locking", "table_names"}

@@ -314,13 +314,30 @@ class MultiTableInputs {
   Status Prepare(OpKernelContext* ctx, int n, bool use_locking, bool flag,
                  const std::vector<std::string>& names, bool check_ids) {
     n_ = n;
-    const int num_vars = n * (1 + kNumSlots);
-    const int lr_input = num_vars;
+    const int slots_input = n;  // one [kNumSlots, n] tensor of handles
+    const int lr_input = slots_input + 1;
     const int strengths_input = lr_input + 1;  // l1[t], then l21[t] at +n, l2[t] at +2n
     const int hyper_input = strengths_input + 3 * n;
     const int grad_input = hyper_input + kNumHyper;
     const int indices_input = grad_input + n;
-    TF_RETURN_IF_ERROR(vars_.Acquire(ctx, 0, num_vars, use_locking));
+    const Tensor& slot_handles = ctx->input(slots_input);
+    if (slot_handles.dtype() != ::tensorflow::DT_RESOURCE ||
+        slot_handles.shape() != TensorShape({kNumSlots, n})) {
+      return errors::InvalidArgument("slots must be a [", kNumSlots, ", N = ", n,
+                                     "] tensor of resource handles (slot k of table t at "
+                                     "[k, t]), got shape ", slot_handles.shape().DebugString());
+    }
+    // var[t] at VarIndex(t, 0), slot k - 1 of table t at VarIndex(t, k).
+    std::vector<const ::tensorflow::ResourceHandle*> handles;
+    for (int t = 0; t < n; ++t) handles.push_back(&::tensorflow::HandleFromInput(ctx, t));
+    const auto slot_flat = slot_handles.flat<::tensorflow::ResourceHandle>();
+    for (int i = 0; i < kNumSlots * n; ++i) handles.push_back(&slot_flat(i));
+    TF_RETURN_IF_ERROR(vars_.Acquire(ctx, handles, use_locking, [&](int i) {
+      return i < n ? "var[" + std::to_string(i) + "] (" + TableName(names, i) + ")"
+                   : std::string("slot ") + Rule::kSlotNames[i / n - 1] + " of " +
+                         TableName(names, i % n);
+    }));
+    const int num_vars = n * (1 + kNumSlots);
     std::vector<const void*> seen;
     for (int i = 0; i < num_vars; ++i) seen.push_back(vars_.var(i));
     std::sort(seen.begin(), seen.end());
@@ -462,7 +479,7 @@ struct MultiTableAttrs {
     if constexpr (Rule::kFlag != nullptr) {  // constexpr: no GetAttr(nullptr) to compile
       TF_RETURN_IF_ERROR(ctx->GetAttr(Rule::kFlag, &flag));
     }
-    const int expected = n * (1 + Rule::kNumSlots) + 1 + 3 * n + Rule::kNumHyper + 2 * n;
+    const int expected = n + 1 + 1 + 3 * n + Rule::kNumHyper + 2 * n;
     if (ctx->num_inputs() != expected) {
       return errors::Internal(ctx->def().op(), " has ", ctx->num_inputs(),
                               " inputs; its kernel expects ", expected);
@@ -670,8 +687,14 @@ void RegisterMultiKernels() {
           .TypeConstraint("T", t)
           .TypeConstraint("Tindices", index);
       if (gpu) {
+        // The one-table op's host inputs, the slots as one stacked input.
+        builder.HostMemory("slots");
         for (const std::string& name : HostMemoryInputs<Rule, true, false>()) {
-          builder.HostMemory(name.c_str());
+          const auto& slot_names = Rule::kSlotNames;
+          if (std::find(std::begin(slot_names), std::end(slot_names), name) ==
+              std::end(slot_names)) {
+            builder.HostMemory(name.c_str());
+          }
         }
       }
       ::tensorflow::kernel_factory::OpKernelRegistrar(builder.Build(), "GroupLassoMultiApplyOp",

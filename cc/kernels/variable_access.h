@@ -65,15 +65,29 @@ class LockedVariables {
   // order every TensorFlow training op uses, so no two ops can deadlock.
   ::tensorflow::Status Acquire(::tensorflow::OpKernelContext* ctx, int first,
                                int count, bool exclusive) {
+    std::vector<const ::tensorflow::ResourceHandle*> handles;
+    for (int i = 0; i < count; ++i) {
+      handles.push_back(&::tensorflow::HandleFromInput(ctx, first + i));
+    }
+    return Acquire(ctx, handles, exclusive, [ctx, first](int i) {
+      return "input " + ctx->op_kernel().requested_input(first + i);
+    });
+  }
+
+  // The same for handles from anywhere (a stacked handle tensor's elements);
+  // `describe(i)` names handle i in an error.
+  template <typename Describe>
+  ::tensorflow::Status Acquire(::tensorflow::OpKernelContext* ctx,
+                               const std::vector<const ::tensorflow::ResourceHandle*>& handles,
+                               bool exclusive, Describe&& describe) {
     exclusive_ = exclusive;
+    const int count = static_cast<int>(handles.size());
     vars_.resize(count);
     for (int i = 0; i < count; ++i) {
-      const auto& handle = ::tensorflow::HandleFromInput(ctx, first + i);
-      ::tensorflow::Status s = ::tensorflow::LookupResource(ctx, handle, &vars_[i]);
+      ::tensorflow::Status s = ::tensorflow::LookupResource(ctx, *handles[i], &vars_[i]);
       if (!s.ok()) {
         return ::tensorflow::errors::FailedPrecondition(
-            "input ", ctx->op_kernel().requested_input(first + i),
-            " is not an initialized resource variable: ", s.message());
+            describe(i), " is not an initialized resource variable: ", s.message());
       }
       mutexes_.push_back(vars_[i]->mu());
     }

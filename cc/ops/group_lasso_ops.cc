@@ -12,9 +12,10 @@
 //
 //   ResourceSparseApply<kOpName>Multi
 //                                 the sparse step of N tables at once (rules
-//                                 that read no Hessian): every input but lr
-//                                 and the rule's hyperparameters is a list
-//                                 of N, one per table
+//                                 that read no Hessian): var, l1, l21, l2,
+//                                 grad and indices are lists of N, one per
+//                                 table; the slots one [kNumSlots, N] tensor
+//                                 of handles (RegisterMultiOp below)
 //
 // and, for rules that read a Hessian estimate, the same two with the suffix
 // "Stored": AdaHessian with a stored estimate (update_every > 1), whose
@@ -125,15 +126,23 @@ std::string MultiApplyOpName(const char* op_name) {
   return ApplyOpName(op_name, /*sparse=*/true, /*stored=*/false) + "Multi";
 }
 
-// Inputs: var, the slots, l1, l21, l2, grad and indices are lists of N (one
-// per table); lr and the rule's hyperparameters are scalars shared by all.
+// Inputs: var, l1, l21, l2, grad and indices are lists of N (one per table);
+// `slots` is one [kNumSlots, N] tensor of resource handles, slot k of table t
+// at [k, t] (kSlotNames order); lr and the rule's hyperparameters are scalars
+// shared by all. The slots come stacked because a compiled step pays about
+// 1.6 us per call for every variable handle it captures, and only the
+// optimizer touches them: the optimizer stacks them once, outside the step,
+// and the step captures one tensor instead of kNumSlots * N handles
+// (docs/benchmarks.md, issue 17). The variables stay a list: the model's
+// step captures them anyway, and automatic control dependencies order the
+// update after the model's reads through them.
 template <typename Rule>
 void RegisterMultiOp() {
   static_assert(!Rule::kUsesHessian, "no multi-table op for Hessian rules");
   const std::string name = MultiApplyOpName(Rule::kOpName);
   ::tensorflow::register_op::OpDefBuilderWrapper op(name.c_str());
   op.Input("var: N * resource");
-  for (const char* slot : Rule::kSlotNames) op.Input(std::string(slot) + ": N * resource");
+  op.Input("slots: resource");
   op.Input("lr: T");
   for (const char* strength : {"l1", "l21", "l2"}) op.Input(std::string(strength) + ": N * T");
   for (int k = 0; k < Rule::kNumHyper; ++k) op.Input(std::string(Rule::kHyper[k].name) + ": T");
@@ -144,7 +153,9 @@ void RegisterMultiOp() {
   op.SetShapeFn([](InferenceContext* c) {
     int n = 0;
     TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
-    const int first_scalar = n * (1 + Rule::kNumSlots);
+    ShapeHandle slots;
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(n), 2, &slots));
+    const int first_scalar = n + 1;
     const int num_scalars = 1 + 3 * n + Rule::kNumHyper;
     ShapeHandle unused;
     for (int i = first_scalar; i < first_scalar + num_scalars; ++i) {

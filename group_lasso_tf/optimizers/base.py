@@ -13,10 +13,12 @@ import dataclasses
 import numbers
 import re
 import warnings
+import weakref
 from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework import auto_control_deps as _acd
 from tensorflow.python.ops import control_flow_util
 
 from group_lasso_tf import ops as _ops
@@ -175,6 +177,52 @@ def check_variable_dtypes(optimizer, var_list):
                 "With mixed precision, keep variables in float32 "
                 "(keras.mixed_precision policies such as 'mixed_float16' do)."
             )
+
+
+# Graph -> {name of a multi-table op: the eager handles of the slots it was
+# given stacked}, for _stacked_slots_resolver.
+_STACKED_SLOT_USERS = weakref.WeakKeyDictionary()
+
+
+def _stacked_slot_handles(optimizer, slot_lists):
+    """The multi-table op's `slots` input: a [slots per table, tables] tensor
+    of the slots' resource handles (slot k of table t at [k, t]), and the
+    handles in a list. Made eagerly, outside the step being traced, and kept
+    per set of slots: the step then captures one tensor, not one handle per
+    slot, and a compiled step pays about 1.6 us per call for every captured
+    variable (docs/benchmarks.md, issue 17)."""
+    key = tuple(id(slot) for slots in slot_lists for slot in slots)
+    cache = optimizer.__dict__.setdefault("_stacked_slots_cache", {})
+    hit = cache.get(key)
+    flat = [slot for slots in slot_lists for slot in slots]
+    if hit is not None and all(a is b for a, b in zip(hit[0], flat)):
+        return hit[1], hit[2]
+    with tf.init_scope():
+        handles = [[slots[k].handle for slots in slot_lists] for k in range(len(slot_lists[0]))]
+        stacked = tf.stack([tf.stack(row) for row in handles])
+    cache[key] = (flat, stacked, [h for row in handles for h in row])
+    return stacked, cache[key][2]
+
+
+@_acd.register_acd_resource_resolver
+def _stacked_slots_resolver(op, resource_reads, resource_writes):
+    """Automatic control dependencies order a function's ops on a variable
+    by the variable's handle in that function. The multi-table op reaches
+    its slots through a stacked handle tensor, so it tells them which slots
+    it writes: those that the function also touches directly (a slot read
+    after `apply`) are ordered after it, as with one op per table."""
+    del resource_reads
+    slots = _STACKED_SLOT_USERS.get(op.graph, {}).get(op.name)
+    if not slots:
+        return False
+    internal = {id(external): inside for external, inside in op.graph.captures}
+    added = False
+    for handle in slots:
+        inside = internal.get(id(handle))
+        if inside is not None and inside not in resource_writes:
+            resource_writes.add(inside)
+            added = True
+    return added
 
 
 def _clear_stale_slots(shard, slots, indices, dtype):
@@ -704,17 +752,19 @@ class GroupLassoOptimizer(GroupLassoMixin, keras.optimizers.Optimizer):
             pools = [(shard, var, slots, g.indices)
                      for shard, (g, _), (var, slots, *_) in zip(shards, pairs, tables)
                      if shard is not None]
+            slot_handles, handle_list = _stacked_slot_handles(
+                self, [slots for _, slots, *_ in tables])
             with tf.control_dependencies([_clear_stale_slots(shard, slots, indices, dtype)
                                           for shard, _, slots, indices in pools]):
                 update = _ops.apply_op(op_name)(
-                    [var.handle for var, *_ in tables],
-                    *[[slots[k].handle for _, slots, *_ in tables]
-                      for k in range(len(self._group_slot_names))],
+                    [var.handle for var, *_ in tables], slot_handles,
                     lr, *[[scalars[k] for _, _, scalars, _ in tables] for k in (1, 2, 3)],
                     *hyper, [tf.cast(g.values, dtype) for g, _ in pairs],
                     [g.indices for g, _ in pairs], use_locking=self.use_locking,
                     table_names=[getattr(v, "path", None) or v.name for _, v in pairs],
                     **self._op_attrs())
+            if isinstance(update, tf.Operation):  # building a graph: see the resolver
+                _STACKED_SLOT_USERS.setdefault(update.graph, {})[update.name] = handle_list
             with tf.control_dependencies([update]):
                 for shard, var, slots, indices in pools:
                     _release_zero_rows(shard, var, slots, indices, dtype)
