@@ -183,6 +183,44 @@ def test_slot_reads_in_the_same_step_are_ordered_around_the_update(name, rng):
     assert multi[0] in second.control_inputs
 
 
+def test_a_saved_training_step_with_the_multi_table_op_loads_and_trains_alike(rng, tmp_path):
+    """tf.saved_model.save exports a tf.Module's training function: there
+    the slots are stacked inside the function (an exported function may not
+    capture a bare tensor of handles). The loaded step trains exactly like
+    the original from the same state."""
+    n = int(rng.integers(2, 5))
+    tables = [keras.Variable(rng.normal(size=(int(rng.integers(5, 30)), 3)).astype("float32"),
+                             name=f"t{i}") for i in range(n)]
+    optimizer = gl.GroupAdam(learning_rate=0.05, l21=1e-2)
+    optimizer.build(tables)
+
+    class Trainer(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.optimizer = tables, optimizer
+
+        @tf.function(input_signature=[tf.TensorSpec([n, None], tf.int64),
+                                      tf.TensorSpec([n, None, 3], tf.float32)])
+        def train(self, ids, values):
+            grads = [tf.IndexedSlices(values[t], ids[t], tf.shape(self.tables[t], tf.int64))
+                     for t in range(n)]
+            self.optimizer.apply(grads, self.tables)
+            return tf.constant(0)
+
+    trainer = Trainer()
+    assert any(op.type.endswith("Multi") for op in trainer.train.get_concrete_function()
+               .graph.get_operations())
+    tf.saved_model.save(trainer, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    for _ in range(2):
+        ids = tf.constant(np.stack([rng.integers(0, t.shape[0], size=6) for t in tables]))
+        values = tf.constant(rng.normal(size=(n, 6, 3)), tf.float32)
+        trainer.train(ids, values)
+        loaded.train(ids, values)
+    for original, restored in zip(tables, loaded.tables):
+        np.testing.assert_array_equal(original.numpy(), restored.numpy())
+
+
 def test_slots_not_stacked_as_slots_by_tables_are_refused_before_any_write(rng):
     """The op's `slots` input must be [slots per table, tables]: handles
     stacked the other way round (or too few) fail with an error naming it,

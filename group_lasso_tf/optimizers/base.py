@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import auto_control_deps as _acd
 from tensorflow.python.ops import control_flow_util
+from tensorflow.python.saved_model import save_context as _save_context
 
 from group_lasso_tf import ops as _ops
 from group_lasso_tf import reanchor, tf_step
@@ -191,6 +192,15 @@ def _stacked_slot_handles(optimizer, slot_lists):
     per set of slots: the step then captures one tensor, not one handle per
     slot, and a compiled step pays about 1.6 us per call for every captured
     variable (docs/benchmarks.md, issue 17)."""
+    if _save_context.in_save_context():
+        # tf.saved_model.save traces the step to export it, and an exported
+        # function may capture variables but not a bare tensor of handles:
+        # stack the captured handles inside it (one op, one capture per slot).
+        with tf.init_scope():
+            eager = [slot.handle for slots in slot_lists for slot in slots]
+        stacked = tf.stack([tf.stack([slots[k].handle for slots in slot_lists])
+                            for k in range(len(slot_lists[0]))])
+        return stacked, eager
     key = tuple(id(slot) for slots in slot_lists for slot in slots)
     cache = optimizer.__dict__.setdefault("_stacked_slots_cache", {})
     hit = cache.get(key)
