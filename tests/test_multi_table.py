@@ -242,6 +242,22 @@ def test_slots_not_stacked_as_slots_by_tables_are_refused_before_any_write(rng):
         np.testing.assert_array_equal(v.numpy(), b)
 
 
+def test_stack_handles_stacks_row_major_and_refuses_a_bad_row_count(rng):
+    """GroupLassoStackHandles, which makes the `slots` input: handle i at
+    [i // columns, i % columns]; rows that do not divide N are an error
+    naming both."""
+    rows, columns = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+    variables = [tf.Variable(tf.fill([2], float(i))) for i in range(rows * columns)]
+    stacked = ops.fused_ops().group_lasso_stack_handles([v.handle for v in variables], rows=rows)
+    assert stacked.shape == (rows, columns) and stacked.dtype == tf.resource
+    for i in range(rows * columns):
+        value = tf.raw_ops.ReadVariableOp(resource=stacked[i // columns, i % columns],
+                                          dtype=tf.float32)
+        np.testing.assert_array_equal(value.numpy(), [float(i), float(i)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows = 2 must divide N = 3"):
+        ops.fused_ops().group_lasso_stack_handles([v.handle for v in variables[:1]] * 3, rows=2)
+
+
 def test_a_bad_id_fails_the_whole_step_naming_its_table_before_any_write(rng):
     """Three tables, the second with an id out of range: an error naming it,
     and no table or slot changed."""

@@ -727,8 +727,56 @@ void RegisterRuleKernels(const char* device, bool host_scalars) {
   }
 }
 
+// GroupLassoStackHandles (cc/ops/group_lasso_ops.cc): copies the handles,
+// which live in host memory on every device.
+class StackHandlesOp : public OpKernel {
+ public:
+  explicit StackHandlesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rows", &rows_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int n = ctx->num_inputs();
+    OP_REQUIRES(ctx, n % rows_ == 0,
+                errors::InvalidArgument("rows = ", rows_, " must divide N = ", n));
+    Tensor* out = nullptr;
+    ::tensorflow::AllocatorAttributes host;
+    host.set_on_host(true);
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows_, n / rows_}), &out, host));
+    auto flat = out->flat<::tensorflow::ResourceHandle>();
+    for (int i = 0; i < n; ++i) {
+      const Tensor& handle = ctx->input(i);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(handle.shape()),
+                  errors::InvalidArgument("handles[", i, "] must be a scalar handle, got shape ",
+                                          handle.shape().DebugString()));
+      flat(i) = handle.scalar<::tensorflow::ResourceHandle>()();
+    }
+  }
+
+ private:
+  int rows_ = 1;
+};
+
 // Registered when the library is loaded, as REGISTER_KERNEL_BUILDER would.
 [[maybe_unused]] static const bool kKernelsRegistered = [] {
+  ::tensorflow::kernel_factory::OpKernelRegistrar(
+      ::tensorflow::KernelDefBuilder("GroupLassoStackHandles")
+          .Device(::tensorflow::DEVICE_CPU)
+          .Build(),
+      "StackHandlesOp", [](OpKernelConstruction* ctx) -> OpKernel* {
+        return new StackHandlesOp(ctx);
+      });
+#if GOOGLE_CUDA
+  ::tensorflow::kernel_factory::OpKernelRegistrar(
+      ::tensorflow::KernelDefBuilder("GroupLassoStackHandles")
+          .Device(::tensorflow::DEVICE_GPU)
+          .HostMemory("handles")
+          .HostMemory("stacked")
+          .Build(),
+      "StackHandlesOp", [](OpKernelConstruction* ctx) -> OpKernel* {
+        return new StackHandlesOp(ctx);
+      });
+#endif  // GOOGLE_CUDA
 #define GL_REGISTER_KERNELS(RULE)                                               \
   RegisterRuleKernels<CPUDevice, group_lasso::RULE>(::tensorflow::DEVICE_CPU, false); \
   RegisterMultiKernels<group_lasso::RULE>();

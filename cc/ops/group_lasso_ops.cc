@@ -190,8 +190,31 @@ void RegisterRuleOps() {
   }
 }
 
+// GroupLassoStackHandles: N resource handles as one [rows, N / rows] tensor
+// of handles, row-major (the multi-table ops' `slots`). TensorFlow's Pack has
+// no GPU kernel for handles, and an op that reads a handle runs on its
+// variable's device; this one has a kernel there, in host memory.
+void RegisterStackHandlesOp() {
+  ::tensorflow::register_op::OpDefBuilderWrapper op("GroupLassoStackHandles");
+  op.Input("handles: N * resource").Output("stacked: resource");
+  op.Attr("N: int >= 1").Attr("rows: int >= 1");
+  op.SetShapeFn([](InferenceContext* c) {
+    int n = 0, rows = 0;
+    TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+    TF_RETURN_IF_ERROR(c->GetAttr("rows", &rows));
+    if (n % rows != 0) {
+      return ::tensorflow::errors::InvalidArgument("rows = ", rows, " must divide N = ", n);
+    }
+    c->set_output(0, c->Matrix(rows, n / rows));
+    return ::tensorflow::OkStatus();
+  });
+  op.Doc("N resource handles stacked as a [rows, N / rows] tensor, row-major.");
+  op();
+}
+
 // Registered when the library is loaded, as REGISTER_OP would.
 [[maybe_unused]] static const bool kOpsRegistered = [] {
+  RegisterStackHandlesOp();
 #define GL_REGISTER_OPS(RULE) RegisterRuleOps<group_lasso::RULE>();
   GROUP_LASSO_RULES(GL_REGISTER_OPS)
 #undef GL_REGISTER_OPS

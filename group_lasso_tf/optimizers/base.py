@@ -192,15 +192,19 @@ def _stacked_slot_handles(optimizer, slot_lists):
     per set of slots: the step then captures one tensor, not one handle per
     slot, and a compiled step pays about 1.6 us per call for every captured
     variable (docs/benchmarks.md, issue 17)."""
+    num_slots = len(slot_lists[0])
+
+    def stack(handles):
+        # Not tf.stack: TensorFlow's Pack has no GPU kernel for handles.
+        return _ops.fused_ops().group_lasso_stack_handles(handles, rows=num_slots)
+
     if _save_context.in_save_context():
         # tf.saved_model.save traces the step to export it, and an exported
         # function may capture variables but not a bare tensor of handles:
         # stack the captured handles inside it (one op, one capture per slot).
         with tf.init_scope():
             eager = [slot.handle for slots in slot_lists for slot in slots]
-        stacked = tf.stack([tf.stack([slots[k].handle for slots in slot_lists])
-                            for k in range(len(slot_lists[0]))])
-        return stacked, eager
+        return stack([slots[k].handle for k in range(num_slots) for slots in slot_lists]), eager
     key = tuple(id(slot) for slots in slot_lists for slot in slots)
     cache = optimizer.__dict__.setdefault("_stacked_slots_cache", {})
     hit = cache.get(key)
@@ -208,10 +212,10 @@ def _stacked_slot_handles(optimizer, slot_lists):
     if hit is not None and all(a is b for a, b in zip(hit[0], flat)):
         return hit[1], hit[2]
     with tf.init_scope():
-        handles = [[slots[k].handle for slots in slot_lists] for k in range(len(slot_lists[0]))]
-        stacked = tf.stack([tf.stack(row) for row in handles])
-    cache[key] = (flat, stacked, [h for row in handles for h in row])
-    return stacked, cache[key][2]
+        handles = [slots[k].handle for k in range(num_slots) for slots in slot_lists]
+        stacked = stack(handles)
+    cache[key] = (flat, stacked, handles)
+    return stacked, handles
 
 
 @_acd.register_acd_resource_resolver
