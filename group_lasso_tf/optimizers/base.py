@@ -229,7 +229,9 @@ def _stacked_slots_resolver(op, resource_reads, resource_writes):
     slots = _STACKED_SLOT_USERS.get(op.graph, {}).get(op.name)
     if not slots:
         return False
-    internal = {id(external): inside for external, inside in op.graph.captures}
+    # (A graph that is not a function's has no captures, and no ACD either.)
+    internal = {id(external): inside
+                for external, inside in getattr(op.graph, "captures", ())}
     added = False
     for handle in slots:
         inside = internal.get(id(handle))
