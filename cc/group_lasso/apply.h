@@ -281,7 +281,6 @@ template <typename T, typename Tindex>
 struct SummedRows {
   std::vector<Tindex> ids;
   std::vector<T> values;
-  std::vector<int32_t> slots;  // SumDuplicateRows's hash table
   int64_t size() const { return static_cast<int64_t>(ids.size()); }
 };
 
@@ -300,10 +299,10 @@ void SumDuplicateRows(const Tindex* ids, int64_t n, const T* grad, int64_t d,
   int bits = 4;
   while ((int64_t{1} << bits) < 2 * n) ++bits;
   const uint64_t mask = (uint64_t{1} << bits) - 1;
-  out->slots.assign(mask + 1, -1);
+  std::vector<int32_t> table(mask + 1, -1);  // distinct row of an id, or -1
   out->ids.resize(n);
   out->values.resize(n * d);
-  int32_t* slots = out->slots.data();
+  int32_t* slots = table.data();
   Tindex* distinct = out->ids.data();
   T* sums = out->values.data();
   int64_t m = 0;

@@ -626,10 +626,15 @@ OpKernel* CreateApplyOp(OpKernelConstruction* ctx) {
 // the scalar inputs live in host memory (the kernel validates the scalars on
 // the host before launching anything); grad, hessian and indices are on the
 // device.
-template <typename Rule, bool kSparse, bool kStored>
+// (The multi-table op has its slots stacked in one input, `slots`.)
+template <typename Rule, bool kSparse, bool kStored, bool kStackedSlots = false>
 std::vector<std::string> HostMemoryInputs() {
   std::vector<std::string> names = {"var", "lr", "l1", "l21", "l2"};
-  for (const char* slot : Rule::kSlotNames) names.push_back(slot);
+  if (kStackedSlots) {
+    names.push_back("slots");
+  } else {
+    for (const char* slot : Rule::kSlotNames) names.push_back(slot);
+  }
   for (int k = 0; k < Rule::kNumHyper; ++k) names.push_back(Rule::kHyper[k].name);
   if (kStored) {
     names.push_back("hessian_estimate");
@@ -687,14 +692,8 @@ void RegisterMultiKernels() {
           .TypeConstraint("T", t)
           .TypeConstraint("Tindices", index);
       if (gpu) {
-        // The one-table op's host inputs, the slots as one stacked input.
-        builder.HostMemory("slots");
-        for (const std::string& name : HostMemoryInputs<Rule, true, false>()) {
-          const auto& slot_names = Rule::kSlotNames;
-          if (std::find(std::begin(slot_names), std::end(slot_names), name) ==
-              std::end(slot_names)) {
-            builder.HostMemory(name.c_str());
-          }
+        for (const std::string& name : HostMemoryInputs<Rule, true, false, true>()) {
+          builder.HostMemory(name.c_str());
         }
       }
       ::tensorflow::kernel_factory::OpKernelRegistrar(builder.Build(), "GroupLassoMultiApplyOp",
@@ -759,24 +758,20 @@ class StackHandlesOp : public OpKernel {
 
 // Registered when the library is loaded, as REGISTER_KERNEL_BUILDER would.
 [[maybe_unused]] static const bool kKernelsRegistered = [] {
-  ::tensorflow::kernel_factory::OpKernelRegistrar(
-      ::tensorflow::KernelDefBuilder("GroupLassoStackHandles")
-          .Device(::tensorflow::DEVICE_CPU)
-          .Build(),
-      "StackHandlesOp", [](OpKernelConstruction* ctx) -> OpKernel* {
-        return new StackHandlesOp(ctx);
-      });
-#if GOOGLE_CUDA
-  ::tensorflow::kernel_factory::OpKernelRegistrar(
-      ::tensorflow::KernelDefBuilder("GroupLassoStackHandles")
-          .Device(::tensorflow::DEVICE_GPU)
-          .HostMemory("handles")
-          .HostMemory("stacked")
-          .Build(),
-      "StackHandlesOp", [](OpKernelConstruction* ctx) -> OpKernel* {
-        return new StackHandlesOp(ctx);
-      });
-#endif  // GOOGLE_CUDA
+  for (const char* device : {::tensorflow::DEVICE_CPU, ::tensorflow::DEVICE_GPU}) {
+#if !GOOGLE_CUDA
+    if (std::string(device) == ::tensorflow::DEVICE_GPU) continue;
+#endif
+    ::tensorflow::kernel_factory::OpKernelRegistrar(
+        ::tensorflow::KernelDefBuilder("GroupLassoStackHandles")
+            .Device(device)
+            .HostMemory("handles")
+            .HostMemory("stacked")
+            .Build(),
+        "StackHandlesOp", [](OpKernelConstruction* ctx) -> OpKernel* {
+          return new StackHandlesOp(ctx);
+        });
+  }
 #define GL_REGISTER_KERNELS(RULE)                                               \
   RegisterRuleKernels<CPUDevice, group_lasso::RULE>(::tensorflow::DEVICE_CPU, false); \
   RegisterMultiKernels<group_lasso::RULE>();
