@@ -63,6 +63,9 @@ struct IntraOpFor {
     ::tensorflow::Shard(threads->num_threads, threads->workers, total,
                         cost_per_unit, fn);
   }
+  int64_t parallelism() const {
+    return ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
+  }
 };
 
 template <typename T, typename Rule>
@@ -91,10 +94,8 @@ struct ApplySparse<CPUDevice, T, Tindex, Rule> {
                                      " is not in [0, ", rows,
                                      "): the variable has ", rows, " rows");
     }
-    const group_lasso::IdGroups<Tindex> groups =
-        group_lasso::GroupIds(ids, n);
-    group_lasso::ApplySparse(config, dim, var, slots, grad, hess, groups,
-                             IntraOpFor{ctx}, store);
+    group_lasso::ApplySparseIds(config, dim, var, slots, grad, hess, ids, n, IntraOpFor{ctx},
+                                store);
     return ::tensorflow::OkStatus();
   }
 };

@@ -163,9 +163,8 @@ void Apply(py::array var, std::vector<py::array> slots, py::array grad_in,
       lr, l1, l21, l2, hyper, flag, dim);
   const T* g = grad.data();
   py::gil_scoped_release release;
-  const auto groups = group_lasso::GroupIds(ids, n);
-  group_lasso::ApplySparse(config, dim, var_data, slot_data, g, h, groups,
-                           group_lasso::SerialFor());
+  group_lasso::ApplySparseIds(config, dim, var_data, slot_data, g, h, ids, n,
+                              group_lasso::SerialFor());
 }
 
 template <typename Rule>
