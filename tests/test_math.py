@@ -8,6 +8,9 @@ strengths are chosen so that rows go to exactly zero while others survive.
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,14 +155,19 @@ def test_duplicate_ids_equal_summed_gradient(rng):
         assert harness.rel_err(sa[k], sb[k]) <= 1e-13
 
 
+@pytest.mark.parametrize("rule", ["adam", "adahessian"])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
-def test_duplicates_are_summed_in_batch_order_bit_for_bit(index_dtype, rng):
-    """Every path of the id grouping (a comparison sort under 64 ids, one
-    counting pass for a small id range, radix passes of 8 to 12 bits) keeps
-    positions in batch order within an id: in float32 the step equals, bit
-    for bit, the step on the gradient rows pre-summed one after another in
-    that order. Batch sizes and id ranges are drawn fresh every run."""
-    hp = harness.BASE_HP["adam"]
+def test_duplicates_are_summed_in_batch_order_bit_for_bit(index_dtype, rule, rng):
+    """Every path of the id grouping keeps positions in batch order within
+    an id: in float32 the step equals, bit for bit, the step on the gradient
+    rows pre-summed one after another in that order. Adam takes the hashed
+    grouping (cc/group_lasso/apply.h, SumDuplicateRows: tables that grow,
+    batches of 4,096 ids or more split between the intra-op threads);
+    AdaHessian, which sums its Hessian estimate like the gradient, the sorts
+    (a comparison sort under 64 ids, one counting pass for a small id range,
+    radix passes of 8 to 12 bits). Batch sizes and id ranges are drawn fresh
+    every run."""
+    hp = harness.BASE_HP[rule]
     dim = int(rng.integers(1, 6))
     for n, span in ((int(rng.integers(2, 64)), int(rng.integers(1, 100))),
                     (int(rng.integers(64, 4000)), int(rng.integers(1, 4000))),
@@ -172,17 +180,80 @@ def test_duplicates_are_summed_in_batch_order_bit_for_bit(index_dtype, rng):
         rng.shuffle(ids)
         var = rng.normal(size=(rows, dim)).astype(np.float32)
         state = {k: v.astype(np.float32) for k, v in
-                 np_reference.initial_state("adam", var.shape, hp).items()}
+                 np_reference.initial_state(rule, var.shape, hp).items()}
         grad = rng.normal(size=(n, dim)).astype(np.float32)
         unique, inverse = np.unique(ids, return_inverse=True)
-        summed = np.zeros((len(unique), dim), np.float32)
-        np.add.at(summed, inverse, grad)  # position after position, in float32
+
+        def summed(rows_of_batch):
+            out = np.zeros((len(unique), dim), np.float32)
+            np.add.at(out, inverse, rows_of_batch)  # position after position, in float32
+            return out
+
+        hess = np.abs(rng.normal(size=(n, dim))).astype(np.float32) if rule == "adahessian" else None
         args = dict(lr=0.125, l1=0.01, l21=0.05, l2=0.01, hp=hp, t=1, index_dtype=index_dtype)
-        a, sa = harness.run_fused("adam", var, state, grad, ids, **args)
-        b, sb = harness.run_fused("adam", var, state, summed, unique, **args)
+        a, sa = harness.run_fused(rule, var, state, grad, ids, hess=hess, **args)
+        b, sb = harness.run_fused(rule, var, state, summed(grad), unique,
+                                  hess=None if hess is None else summed(hess), **args)
         np.testing.assert_array_equal(a, b, err_msg=f"n={n} span={span}")
         for k in sa:
             np.testing.assert_array_equal(sa[k], sb[k], err_msg=f"{k}: n={n} span={span}")
+
+
+# One sparse step of the fused op, in a process of its own with
+# argv[1] intra-op threads: inputs from the .npz argv[2], var and slots to argv[3].
+_THREADS_SCRIPT = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+import harness
+data = dict(np.load(sys.argv[2]))
+var, slots = harness.run_fused("adam", data.pop("var"), {k[5:]: data.pop(k) for k in list(data)
+                               if k.startswith("slot_")}, data.pop("grad"), data.pop("ids"),
+                               lr=0.125, l1=0.01, l21=0.05, l2=0.01, hp=harness.BASE_HP["adam"],
+                               t=1, index_dtype=np.int64)
+np.savez(sys.argv[3], var=var, **slots)
+"""
+
+
+def test_a_large_batch_steps_alike_on_any_number_of_threads(rng, tmp_path):
+    """A batch of at least 4,096 ids is split by id hash into one part per
+    intra-op thread (at most one per 2,048 ids), each summed on its own
+    thread: the step must not depend on how many there are. In float32, on
+    a fresh Zipf batch: the pybind11 module (one part), this process's op,
+    and the op in a process with 3 intra-op threads agree bit for bit, and
+    all match the float64 reference."""
+    rows, dim = int(rng.integers(2**15, 2**18)), int(rng.integers(1, 20))
+    n = int(rng.integers(3 * 2048, 12 * 2048))
+    ids = rng.choice(rows, size=n // 2)[np.minimum(rng.zipf(1.2, size=n) - 1, n // 2 - 1)]
+    hp = harness.BASE_HP["adam"]
+    var = rng.normal(size=(rows, dim)).astype(np.float32)
+    state = {k: v.astype(np.float32) for k, v in
+             np_reference.initial_state("adam", var.shape, hp).items()}
+    grad = rng.normal(size=(n, dim)).astype(np.float32)
+    args = dict(lr=0.125, l1=0.01, l21=0.05, l2=0.01, hp=hp, t=1, index_dtype=np.int64)
+    serial, serial_state = harness.run_core("adam", var, state, grad, ids, **args)
+    here, here_state = harness.run_fused("adam", var, state, grad, ids, **args)
+    np.savez(tmp_path / "in.npz", var=var, grad=grad, ids=ids,
+             **{"slot_" + k: v for k, v in state.items()})
+    proc = subprocess.run(
+        [sys.executable, "-c", _THREADS_SCRIPT, "3", str(tmp_path / "in.npz"),
+         str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300, cwd="/",
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                 PYTHONPATH=os.pathsep.join([os.path.dirname(harness.__file__)] + sys.path)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    three = dict(np.load(tmp_path / "out.npz"))
+    for a, b in [(serial, here), (serial, three.pop("var"))]:
+        np.testing.assert_array_equal(a, b)
+    for k in serial_state:
+        np.testing.assert_array_equal(serial_state[k], here_state[k])
+        np.testing.assert_array_equal(serial_state[k], three[k])
+    ref, _ = harness.run_numpy("adam", var.astype(np.float64),
+                               {k: v.astype(np.float64) for k, v in state.items()},
+                               grad.astype(np.float64), ids, **args)
+    assert harness.rel_err(serial, ref) <= 1e-5
+    touched = np.unique(ids)
+    assert not np.array_equal(serial[touched], var[touched])
 
 
 @pytest.mark.parametrize("shape", [(7,), (5, 2, 3), ()])

@@ -99,17 +99,20 @@ def _hash_slot(ids, bits):
 
 @pytest.mark.parametrize("name", ["adam", "ftrl"])
 def test_ids_that_collide_in_the_hash_table_are_summed_like_one_op_per_table(name, rng):
-    """The multi-table op groups a table's ids with a hash table. Ids that
-    all hash to its last slot make every lookup probe past the others and
-    wrap around to slot 0; with duplicates among them, in a random order, the
-    step still equals one op per table bit for bit. (If the hash changes,
-    this stays a valid test, only a less adversarial one.)"""
-    n = int(rng.integers(17, 32))  # positions per batch: a table of 2^6 slots
+    """The multi-table op groups a table's ids with a hash table that starts
+    at 16 slots and doubles when half full. Ids that all hash to the last of
+    64 slots also hash to the last of 16 and of 32: every lookup probes past
+    the others and wraps around to slot 0, and with up to 20 distinct ids the
+    table grows twice mid-batch and re-places them. With duplicates among
+    them, in a random order, the step still equals one op per table bit for
+    bit. (If the hash changes, this stays a valid test, only a less
+    adversarial one.)"""
+    n = int(rng.integers(24, 64))  # positions per batch
     bits = 6
     rows = 4096
     candidates = np.arange(rows)
     colliding = candidates[_hash_slot(candidates, bits) == (1 << bits) - 1]
-    assert colliding.size >= 8
+    assert colliding.size >= 20
     index_dtype = [np.int32, np.int64][int(rng.integers(2))]  # one op: one index dtype
     tables = [dict(name=f"table_{t}", init=rng.normal(size=(rows, 3)).astype("float32"),
                    index_dtype=index_dtype) for t in range(2)]
@@ -117,7 +120,7 @@ def test_ids_that_collide_in_the_hash_table_are_summed_like_one_op_per_table(nam
     for _ in range(3):
         grads = []
         for table in tables:
-            distinct = rng.choice(colliding, size=int(rng.integers(4, 9)), replace=False)
+            distinct = rng.choice(colliding, size=int(rng.integers(4, 21)), replace=False)
             ids = rng.choice(distinct, size=n).astype(table["index_dtype"])
             values = rng.normal(size=(n, 3)).astype("float32")
             grads.append((values, ids))
