@@ -386,13 +386,31 @@ struct SparseTable {
   SummedRows<T, Tindex> rows;
 };
 
+// Rows [begin, end) of one table's summed batch (`table.rows`), each given
+// exactly the step ApplySparse gives it. Rows go in first-appearance order,
+// not by address: the prefetch ahead, not the order, is what hides their
+// cache misses.
+template <typename Rule, typename T, typename Tindex>
+void UpdateSummedRows(const SparseTable<Rule, T, Tindex>& table, int64_t begin, int64_t end) {
+  T* row_slots[Rule::kNumSlots];
+  const int64_t d = table.d;
+  for (int64_t u = begin; u < end; ++u) {
+    if (u + kPrefetchRows < end) {
+      PrefetchRow<Rule::kNumSlots>(table.var, table.slots,
+                                   static_cast<int64_t>(table.rows.ids[u + kPrefetchRows]), d);
+    }
+    const int64_t row = static_cast<int64_t>(table.rows.ids[u]);
+    for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = table.slots[k] + row * d;
+    UpdateRow<Rule>(table.config.params, table.config.thresholds, d, table.var + row * d,
+                    row_slots, table.rows.values.data() + u * d, static_cast<const T*>(nullptr));
+  }
+}
+
 // Sparse step of several tables in one pass: the distinct rows of all tables
 // form one range of work for `parallel_for`, so that a step over many small
 // tables keeps every thread busy instead of paying a call per table. Each
 // row gets exactly the step ApplySparse gives it (same config, same sum of
-// duplicates in position order): results equal table-by-table steps. Rows
-// go in first-appearance order, not by address: the prefetch ahead, not the
-// order, is what hides their cache misses.
+// duplicates in position order): results equal table-by-table steps.
 template <typename Rule, typename T, typename Tindex, typename ParallelFor>
 void ApplySparseTables(const std::vector<SparseTable<Rule, T, Tindex>>& tables,
                        ParallelFor&& parallel_for) {
@@ -403,27 +421,11 @@ void ApplySparseTables(const std::vector<SparseTable<Rule, T, Tindex>>& tables,
     widest = std::max(widest, tables[t].d);
   }
   parallel_for(offsets.back(), RowCost<Rule>(widest), [&](int64_t begin, int64_t end) {
-    T* row_slots[Rule::kNumSlots];
     size_t t = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
-    size_t ahead_table = t;  // the table of item + kPrefetchRows
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t ahead = item + kPrefetchRows;
-      if (ahead < end) {
-        while (ahead >= offsets[ahead_table + 1]) ++ahead_table;
-        const SparseTable<Rule, T, Tindex>& next = tables[ahead_table];
-        PrefetchRow<Rule::kNumSlots>(
-            next.var, next.slots,
-            static_cast<int64_t>(next.rows.ids[ahead - offsets[ahead_table]]), next.d);
-      }
-      while (item >= offsets[t + 1]) ++t;
-      const SparseTable<Rule, T, Tindex>& table = tables[t];
-      const int64_t u = item - offsets[t];
-      const int64_t d = table.d;
-      const int64_t row = static_cast<int64_t>(table.rows.ids[u]);
-      const T* g = table.rows.values.data() + u * d;
-      for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = table.slots[k] + row * d;
-      UpdateRow<Rule>(table.config.params, table.config.thresholds, d, table.var + row * d,
-                      row_slots, g, static_cast<const T*>(nullptr));
+    for (; begin < end; ++t) {  // the part of [begin, end) in table t
+      const int64_t stop = std::min(end, offsets[t + 1]);
+      UpdateSummedRows(tables[t], begin - offsets[t], stop - offsets[t]);
+      begin = stop;
     }
   });
 }
@@ -436,9 +438,11 @@ constexpr int64_t kMinIdsPerPart = 2048;
 // Sparse step of one variable from a batch of (possibly duplicate) ids,
 // range-checked (FirstOutOfRange). The batch is split by id hash into up to
 // parallel_for.parallelism() parts; each part's duplicates are summed on its
-// own thread (SumDuplicateRows), then the distinct rows of all parts are
-// updated in one pass (ApplySparseTables). Parts own disjoint rows and sum
-// in batch order, so results do not depend on their number. Rules that read
+// own thread (SumDuplicateRows) and its distinct rows updated there, while
+// their sums are in that core's cache and with no second round of the
+// thread pool. A batch of one part spreads its rows over the threads
+// instead (ApplySparseTables). Parts own disjoint rows and sum in batch
+// order, so results do not depend on their number. Rules that read
 // a Hessian estimate group ids by sorting (GroupIds, ApplySparse), which sums
 // the estimate like the gradient.
 template <typename Rule, typename T, typename Tindex, typename ParallelFor>
@@ -459,13 +463,18 @@ void ApplySparseIds(const StepConfig<Rule, T>& config, int64_t d, T* var, T* con
       table.var = var;
       std::copy(slots, slots + Rule::kNumSlots, table.slots);
     }
+    if (parts == 1) {
+      SumDuplicateRows(ids, n, grad, d, &tables[0].rows);
+      ApplySparseTables(tables, parallel_for);
+      return;
+    }
     // One shard per part: a cost per part above any threshold of the sharder.
     parallel_for(parts, int64_t{1} << 30, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         SumDuplicateRows(ids, n, grad, d, &tables[p].rows, p, parts);
+        UpdateSummedRows(tables[p], 0, tables[p].rows.size());
       }
     });
-    ApplySparseTables(tables, parallel_for);
   }
 }
 
