@@ -218,8 +218,8 @@ np.savez(sys.argv[3], var=var, **slots)
 
 def test_a_large_batch_steps_alike_on_any_number_of_threads(rng, tmp_path):
     """A batch of at least 4,096 ids is split by id hash into one part per
-    intra-op thread (at most one per 2,048 ids), each summed on its own
-    thread: the step must not depend on how many there are. In float32, on
+    intra-op thread (at most one per 2,048 ids), each summed and updated on
+    its own thread: the step must not depend on how many there are. In float32, on
     a fresh Zipf batch: the pybind11 module (one part), this process's op,
     and the op in a process with 3 intra-op threads agree bit for bit, and
     all match the float64 reference."""
