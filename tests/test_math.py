@@ -158,15 +158,13 @@ def test_duplicate_ids_equal_summed_gradient(rng):
 @pytest.mark.parametrize("rule", ["adam", "adahessian"])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 def test_duplicates_are_summed_in_batch_order_bit_for_bit(index_dtype, rule, rng):
-    """Every path of the id grouping keeps positions in batch order within
-    an id: in float32 the step equals, bit for bit, the step on the gradient
-    rows pre-summed one after another in that order. Adam takes the hashed
-    grouping (cc/group_lasso/apply.h, SumDuplicateRows: tables that grow,
-    batches of 4,096 ids or more split between the intra-op threads);
-    AdaHessian, which sums its Hessian estimate like the gradient, the sorts
-    (a comparison sort under 64 ids, one counting pass for a small id range,
-    radix passes of 8 to 12 bits). Batch sizes and id ranges are drawn fresh
-    every run."""
+    """The id grouping (cc/group_lasso/apply.h, SumDuplicateRows: hash
+    tables that grow, batches of 4,096 ids or more split between the
+    intra-op threads) keeps positions in batch order within an id: in
+    float32 the step equals, bit for bit, the step on the gradient rows
+    pre-summed one after another in that order; for AdaHessian, the Hessian
+    estimate rows too. Batch sizes and id ranges (small and large, hot ids
+    at either end) are drawn fresh every run."""
     hp = harness.BASE_HP[rule]
     dim = int(rng.integers(1, 6))
     for n, span in ((int(rng.integers(2, 64)), int(rng.integers(1, 100))),

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <numeric>
 #include <vector>
 
 #include "group_lasso/prox.h"
@@ -77,108 +76,6 @@ int64_t FirstOutOfRange(const Tindex* ids, int64_t n, int64_t num_rows) {
   return -1;
 }
 
-// The distinct ids of a batch and, for each, the positions of its gradient
-// rows (CSR layout: positions[starts[u] .. starts[u+1]) belong to ids[u]).
-// Positions keep their original order, so duplicate sums are deterministic.
-template <typename Tindex>
-struct IdGroups {
-  std::vector<Tindex> ids;
-  std::vector<int64_t> starts;
-  std::vector<int64_t> positions;
-  int64_t size() const { return static_cast<int64_t>(ids.size()); }
-};
-
-// An id of a batch (as id - min(id)) and its position in the batch.
-struct IdPosition {
-  uint64_t key;  // id - min(id)
-  int64_t position;
-};
-
-// Stable LSD radix sort of keys in [0, key_range]: as few passes as digits
-// of at most 12 bits allow (at most log2(n) bits, 8 at least, so that a small
-// batch does not pay for counters it leaves empty), each digit as wide as
-// that number of passes needs. Measured (GroupIds, best of 5 x 200 runs,
-// Zipf ids spread over the rows) against the fixed 8- or 16-bit digits it
-// replaces: 1,024 / 4,096 / 16,384 ids over 10^6 rows 0.017 / 0.071 / 0.302
-// ms -> 0.014 / 0.055 / 0.233; 65,536 ids over 10^5 / 10^6 / 10^7 rows
-// 0.70 / 0.94 / 1.00 -> 0.70 / 0.89 / 0.95 ms.
-inline void RadixSortIdPositions(std::vector<IdPosition>* pairs, uint64_t key_range) {
-  int key_bits = 1;
-  while (key_bits < 64 && (key_range >> key_bits) != 0) ++key_bits;
-  int max_digit = 8;
-  while (max_digit < 12 && (pairs->size() >> (max_digit + 1)) != 0) ++max_digit;
-  const int passes = (key_bits + max_digit - 1) / max_digit;
-  const int digit = (key_bits + passes - 1) / passes;
-  const uint64_t mask = (uint64_t{1} << digit) - 1;
-  std::vector<IdPosition> buffer(pairs->size());
-  std::vector<size_t> count(mask + 2);
-  for (int pass = 0; pass < passes; ++pass) {
-    const int shift = pass * digit;
-    std::fill(count.begin(), count.end(), 0);
-    for (const IdPosition& p : *pairs) ++count[((p.key >> shift) & mask) + 1];
-    for (uint64_t k = 0; k <= mask; ++k) count[k + 1] += count[k];
-    for (const IdPosition& p : *pairs) buffer[count[(p.key >> shift) & mask]++] = p;
-    pairs->swap(buffer);
-  }
-}
-
-// Sorts (id, position) pairs by id, positions ascending within an id: the
-// order every path must give (it fixes the order duplicates are summed in).
-// Keys in a range not much larger than the batch (small tables, the common
-// case of a step over many tables) take one counting pass; other batches of
-// 64 ids or more the radix sort above (two or three passes over at most
-// 4,096 counters instead of n log n comparisons).
-inline void SortIdPositions(std::vector<IdPosition>* pairs, uint64_t key_range) {
-  const uint64_t n = pairs->size();
-  if (n < 64) {
-    std::sort(pairs->begin(), pairs->end(), [](const IdPosition& a, const IdPosition& b) {
-      return a.key < b.key || (a.key == b.key && a.position < b.position);
-    });
-    return;
-  }
-  if (key_range < 4 * n + 4096) {  // one counting pass over [0, key_range]
-    std::vector<size_t> count(key_range + 2, 0);
-    for (const IdPosition& p : *pairs) ++count[p.key + 1];
-    for (uint64_t k = 0; k <= key_range; ++k) count[k + 1] += count[k];
-    std::vector<IdPosition> buffer(n);
-    for (const IdPosition& p : *pairs) buffer[count[p.key]++] = p;
-    pairs->swap(buffer);
-    return;
-  }
-  RadixSortIdPositions(pairs, key_range);
-}
-
-template <typename Tindex>
-IdGroups<Tindex> GroupIds(const Tindex* ids, int64_t n) {
-  IdGroups<Tindex> groups;
-  if (n == 0) {
-    groups.starts.push_back(0);
-    return groups;
-  }
-  const Tindex min_id = *std::min_element(ids, ids + n);
-  const Tindex max_id = *std::max_element(ids, ids + n);
-  // Sorting by id also gives rows in increasing address order, which helps
-  // the cache and the hardware prefetcher when the rows are updated.
-  std::vector<IdPosition> pairs(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t offset = static_cast<int64_t>(ids[i]) - static_cast<int64_t>(min_id);
-    pairs[i] = {static_cast<uint64_t>(offset), i};
-  }
-  SortIdPositions(&pairs, static_cast<uint64_t>(static_cast<int64_t>(max_id) -
-                                                static_cast<int64_t>(min_id)));
-  groups.positions.resize(n);
-  groups.starts.reserve(n + 1);
-  for (int64_t k = 0; k < n; ++k) {
-    groups.positions[k] = pairs[k].position;
-    if (k == 0 || pairs[k].key != pairs[k - 1].key) {
-      groups.ids.push_back(ids[pairs[k].position]);
-      groups.starts.push_back(k);
-    }
-  }
-  groups.starts.push_back(n);
-  return groups;
-}
-
 // Dense step: every row of a [num_rows, d] variable. `hess` has the
 // layout of `grad` (read only if Rule::kUsesHessian).
 template <typename Rule, typename T, typename ParallelFor>
@@ -220,67 +117,15 @@ inline void PrefetchRow(const T* var, T* const* slots, int64_t row, int64_t d) {
 // How many rows ahead a sparse step prefetches.
 constexpr int64_t kPrefetchRows = 4;
 
-// Row u of a sparse batch (`values` holds one row of d per position): the
-// row of its only position, or the sum of its duplicates in `*summed`.
-template <typename T, typename Tindex>
-const T* GroupRow(const IdGroups<Tindex>& groups, int64_t u, int64_t d,
-                  const T* values, std::vector<T>* summed) {
-  const int64_t first = groups.starts[u];
-  const int64_t last = groups.starts[u + 1];
-  const T* row = values + groups.positions[first] * d;
-  if (last - first == 1) return row;
-  summed->assign(row, row + d);
-  for (int64_t k = first + 1; k < last; ++k) {
-    const T* rk = values + groups.positions[k] * d;
-    for (int64_t j = 0; j < d; ++j) (*summed)[j] += rk[j];
-  }
-  return summed->data();
-}
-
-// Sparse step: the rows named in `groups`; gradient row i of `grad` (and of
-// `hess`, read only if Rule::kUsesHessian) belongs to id ids[i]. Duplicates
-// are summed, the Hessian estimate like the gradient: both are sums over the
-// positions of a row. Ids must have been range-checked (FirstOutOfRange).
-template <typename Rule, typename T, typename Tindex, typename ParallelFor>
-void ApplySparse(const StepConfig<Rule, T>& config, int64_t d, T* var,
-                 T* const* slots, const T* grad, const T* hess,
-                 const IdGroups<Tindex>& groups, ParallelFor&& parallel_for,
-                 const HessianStore<T>& store = HessianStore<T>()) {
-  parallel_for(groups.size(), RowCost<Rule>(d), [&](int64_t begin,
-                                                    int64_t end) {
-    T* row_slots[Rule::kNumSlots];
-    // Only allocated when a shard meets a duplicate (or a stored-estimate
-    // row with no estimate yet).
-    std::vector<T> summed_grad, summed_hess, scratch;
-    for (int64_t u = begin; u < end; ++u) {
-      if (u + kPrefetchRows < end) {
-        const int64_t ahead = static_cast<int64_t>(groups.ids[u + kPrefetchRows]);
-        PrefetchRow<Rule::kNumSlots>(var, slots, ahead, d);
-      }
-      const int64_t row = static_cast<int64_t>(groups.ids[u]);
-      const T* g = GroupRow(groups, u, d, grad, &summed_grad);
-      const T* hess_row = nullptr;
-      if (Rule::kUsesHessian) {
-        // On steps that reuse a stored estimate the given one is not read.
-        const bool reuse = store.rows != nullptr && !store.estimate;
-        const T* given = reuse ? nullptr : GroupRow(groups, u, d, hess, &summed_hess);
-        hess_row = StoredHessianRow(store, row, d, g, given, &scratch);
-      }
-      for (int k = 0; k < Rule::kNumSlots; ++k) {
-        row_slots[k] = slots[k] + row * d;
-      }
-      UpdateRow<Rule>(config.params, config.thresholds, d, var + row * d,
-                      row_slots, g, hess_row);
-    }
-  });
-}
-
 // The distinct ids of a batch in order of first appearance, each with the
-// sum of its gradient rows (d values each, row u at values[u * d]).
+// sum of its gradient rows (d values each, row u at values[u * d]) and, when
+// a Hessian estimate was given, the sum of its estimate rows (likewise in
+// `hess`; empty otherwise).
 template <typename T, typename Tindex>
 struct SummedRows {
   std::vector<Tindex> ids;
   std::vector<T> values;
+  std::vector<T> hess;
   int64_t size() const { return static_cast<int64_t>(ids.size()); }
 };
 
@@ -306,22 +151,24 @@ inline PartOfHash SplitHash(uint64_t h, uint64_t parts) {
 }
 
 // Groups the ids of part `part` of `parts` (SplitHash) of a batch and sums
-// their gradient rows in one pass: an open-addressing hash table (linear
-// probing, at most half full, doubled when it would not be) maps an id to
-// its distinct row, whose sum starts as the id's first gradient row and adds
-// the others as they come. Positions are visited in batch order, so every
-// sum adds exactly the terms GroupRow adds, in the same order: results equal
-// the sorted path's bit for bit, whatever the number of parts. Parts split
-// the distinct ids of one large batch between threads, each reading every
-// id but summing only its own. For the many small batches of a multi-table
-// step (one part each) this replaces a sort and a second pass over
-// positions (measured on 26 tables of 1,024 Zipf ids, dim 16: sort and
-// GroupRow 9-11 ns per id, this 6.5-7.5). Ids must have been range-checked.
-// `Row` indexes the distinct rows in the table: int32_t, half the cache of
-// int64_t, for any batch of fewer than 2^31 ids (SumDuplicateRows).
+// their gradient rows (and their Hessian estimate rows, if `hess` is not
+// null) in one pass: an open-addressing hash table (linear probing, at most
+// half full, doubled when it would not be) maps an id to its distinct row,
+// whose sum starts as the id's first gradient row and adds the others as
+// they come. Positions are visited in batch order, so each sum adds its
+// terms in a fixed order, whatever the number of parts: a step does not
+// depend on the thread count. Parts split the distinct ids of one large
+// batch between threads, each reading every id but summing only its own.
+// This replaced a radix or counting sort of the ids and a second pass over
+// each id's positions (measured on 26 tables of 1,024 Zipf ids, dim 16:
+// sort and gather 9-11 ns per id, this 6.5-7.5). Ids must have been
+// range-checked. `Row` indexes the distinct rows in the table: int32_t,
+// half the cache of int64_t, for any batch of fewer than 2^31 ids
+// (SumDuplicateRows).
 template <typename Row, typename T, typename Tindex>
-void SumDuplicateRowsIndexedBy(const Tindex* ids, int64_t n, const T* grad, int64_t d,
-                               SummedRows<T, Tindex>* out, int64_t part, int64_t parts) {
+void SumDuplicateRowsIndexedBy(const Tindex* ids, int64_t n, const T* grad, const T* hess,
+                               int64_t d, SummedRows<T, Tindex>* out, int64_t part,
+                               int64_t parts) {
   // This part's positions, in batch order. Collected without a branch: with
   // two parts, skipping the other part's ids mispredicts every other id
   // (measured 0.76 ms for 65,536 ids against 0.68 on one thread).
@@ -341,8 +188,10 @@ void SumDuplicateRowsIndexedBy(const Tindex* ids, int64_t n, const T* grad, int6
   std::vector<Row> table(size_t{1} << bits, -1);  // distinct row of an id, or -1
   out->ids.clear();
   out->values.clear();
+  out->hess.clear();
   out->ids.reserve(size);
   out->values.reserve(size * d);  // reserved, not filled: every value is written once
+  if (hess != nullptr) out->hess.reserve(size * d);
   for (int64_t k = 0; k < size; ++k) {
     const int64_t i = parts > 1 ? mine[k] : k;
     const Tindex id = ids[i];
@@ -355,11 +204,16 @@ void SumDuplicateRowsIndexedBy(const Tindex* ids, int64_t n, const T* grad, int6
         table[h] = static_cast<Row>(out->ids.size());
         out->ids.push_back(id);
         out->values.insert(out->values.end(), g, g + d);
+        if (hess != nullptr) out->hess.insert(out->hess.end(), hess + i * d, hess + i * d + d);
         break;
       }
       if (out->ids[u] == id) {
         T* sum = out->values.data() + u * d;
         for (int64_t j = 0; j < d; ++j) sum[j] += g[j];
+        if (hess != nullptr) {
+          T* hess_sum = out->hess.data() + u * d;
+          for (int64_t j = 0; j < d; ++j) hess_sum[j] += hess[i * d + j];
+        }
         break;
       }
     }
@@ -377,12 +231,12 @@ void SumDuplicateRowsIndexedBy(const Tindex* ids, int64_t n, const T* grad, int6
 }
 
 template <typename T, typename Tindex>
-void SumDuplicateRows(const Tindex* ids, int64_t n, const T* grad, int64_t d,
+void SumDuplicateRows(const Tindex* ids, int64_t n, const T* grad, const T* hess, int64_t d,
                       SummedRows<T, Tindex>* out, int64_t part = 0, int64_t parts = 1) {
   if (n < (int64_t{1} << 31)) {
-    SumDuplicateRowsIndexedBy<int32_t>(ids, n, grad, d, out, part, parts);
+    SumDuplicateRowsIndexedBy<int32_t>(ids, n, grad, hess, d, out, part, parts);
   } else {
-    SumDuplicateRowsIndexedBy<int64_t>(ids, n, grad, d, out, part, parts);
+    SumDuplicateRowsIndexedBy<int64_t>(ids, n, grad, hess, d, out, part, parts);
   }
 }
 
@@ -395,6 +249,7 @@ struct SparseTable {
   int64_t d = 0;
   T* var = nullptr;
   T* slots[Rule::kNumSlots] = {};
+  HessianStore<T> store;  // rules that read a Hessian estimate only
   SummedRows<T, Tindex> rows;
 };
 
@@ -405,6 +260,7 @@ struct SparseTable {
 template <typename Rule, typename T, typename Tindex>
 void UpdateSummedRows(const SparseTable<Rule, T, Tindex>& table, int64_t begin, int64_t end) {
   T* row_slots[Rule::kNumSlots];
+  std::vector<T> scratch;  // |g| for a stored-estimate row with no estimate yet
   const int64_t d = table.d;
   for (int64_t u = begin; u < end; ++u) {
     if (u + kPrefetchRows < end) {
@@ -412,9 +268,15 @@ void UpdateSummedRows(const SparseTable<Rule, T, Tindex>& table, int64_t begin, 
                                    static_cast<int64_t>(table.rows.ids[u + kPrefetchRows]), d);
     }
     const int64_t row = static_cast<int64_t>(table.rows.ids[u]);
+    const T* g = table.rows.values.data() + u * d;
+    const T* hess_row = nullptr;
+    if constexpr (Rule::kUsesHessian) {
+      const T* given = table.rows.hess.empty() ? nullptr : table.rows.hess.data() + u * d;
+      hess_row = StoredHessianRow(table.store, row, d, g, given, &scratch);
+    }
     for (int k = 0; k < Rule::kNumSlots; ++k) row_slots[k] = table.slots[k] + row * d;
     UpdateRow<Rule>(table.config.params, table.config.thresholds, d, table.var + row * d,
-                    row_slots, table.rows.values.data() + u * d, static_cast<const T*>(nullptr));
+                    row_slots, g, hess_row);
   }
 }
 
@@ -448,46 +310,47 @@ void ApplySparseTables(const std::vector<SparseTable<Rule, T, Tindex>>& tables,
 constexpr int64_t kMinIdsPerPart = 2048;
 
 // Sparse step of one variable from a batch of (possibly duplicate) ids,
-// range-checked (FirstOutOfRange). The batch is split by id hash into up to
+// range-checked (FirstOutOfRange); gradient row i of `grad` (and of `hess`,
+// read only if Rule::kUsesHessian and the step does not reuse a stored
+// estimate) belongs to ids[i]. Duplicates are summed, the Hessian estimate
+// like the gradient. The batch is split by id hash into up to
 // parallel_for.parallelism() parts; each part's duplicates are summed on its
 // own thread (SumDuplicateRows) and its distinct rows updated there, while
 // their sums are in that core's cache and with no second round of the
 // thread pool. A batch of one part spreads its rows over the threads
 // instead (ApplySparseTables). Parts own disjoint rows and sum in batch
-// order, so results do not depend on their number. Rules that read
-// a Hessian estimate group ids by sorting (GroupIds, ApplySparse), which sums
-// the estimate like the gradient.
+// order, so results do not depend on their number.
 template <typename Rule, typename T, typename Tindex, typename ParallelFor>
 void ApplySparseIds(const StepConfig<Rule, T>& config, int64_t d, T* var, T* const* slots,
                     const T* grad, const T* hess, const Tindex* ids, int64_t n,
                     ParallelFor&& parallel_for,
                     const HessianStore<T>& store = HessianStore<T>()) {
   if (n == 0) return;
-  if constexpr (Rule::kUsesHessian) {
-    ApplySparse(config, d, var, slots, grad, hess, GroupIds(ids, n), parallel_for, store);
-  } else {
-    const int64_t parts = std::max<int64_t>(
-        1, std::min<int64_t>(parallel_for.parallelism(), n / kMinIdsPerPart));
-    std::vector<SparseTable<Rule, T, Tindex>> tables(parts);
-    for (SparseTable<Rule, T, Tindex>& table : tables) {
-      table.config = config;
-      table.d = d;
-      table.var = var;
-      std::copy(slots, slots + Rule::kNumSlots, table.slots);
-    }
-    if (parts == 1) {
-      SumDuplicateRows(ids, n, grad, d, &tables[0].rows);
-      ApplySparseTables(tables, parallel_for);
-      return;
-    }
-    // One shard per part: a cost per part above any threshold of the sharder.
-    parallel_for(parts, int64_t{1} << 30, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        SumDuplicateRows(ids, n, grad, d, &tables[p].rows, p, parts);
-        UpdateSummedRows(tables[p], 0, tables[p].rows.size());
-      }
-    });
+  // On steps that reuse a stored estimate the given one is not read.
+  const bool reuse = store.rows != nullptr && !store.estimate;
+  const T* summed_hess = Rule::kUsesHessian && !reuse ? hess : nullptr;
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>(parallel_for.parallelism(), n / kMinIdsPerPart));
+  std::vector<SparseTable<Rule, T, Tindex>> tables(parts);
+  for (SparseTable<Rule, T, Tindex>& table : tables) {
+    table.config = config;
+    table.d = d;
+    table.var = var;
+    std::copy(slots, slots + Rule::kNumSlots, table.slots);
+    table.store = store;
   }
+  if (parts == 1) {
+    SumDuplicateRows(ids, n, grad, summed_hess, d, &tables[0].rows);
+    ApplySparseTables(tables, parallel_for);
+    return;
+  }
+  // One shard per part: a cost per part above any threshold of the sharder.
+  parallel_for(parts, int64_t{1} << 30, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      SumDuplicateRows(ids, n, grad, summed_hess, d, &tables[p].rows, p, parts);
+      UpdateSummedRows(tables[p], 0, tables[p].rows.size());
+    }
+  });
 }
 
 // A parallel_for that runs everything on the calling thread.

@@ -517,7 +517,8 @@ class GroupLassoMultiApplyOp : public OpKernel {
     functor::IntraOpFor{ctx}(num_tables, 1 << 14, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const auto& in = inputs.tables()[j];
-        group_lasso::SumDuplicateRows(in.ids, in.count, in.grad, in.dim, &tables[j].rows);
+        group_lasso::SumDuplicateRows(in.ids, in.count, in.grad, static_cast<const T*>(nullptr),
+                                      in.dim, &tables[j].rows);
       }
     });
     group_lasso::ApplySparseTables(tables, functor::IntraOpFor{ctx});
