@@ -163,8 +163,9 @@ inline PartOfHash SplitHash(uint64_t h, uint64_t parts) {
 // each id's positions (measured on 26 tables of 1,024 Zipf ids, dim 16:
 // sort and gather 9-11 ns per id, this 6.5-7.5). Ids must have been
 // range-checked. `Row` indexes the distinct rows in the table: int32_t,
-// half the cache of int64_t, for any batch of fewer than 2^31 ids
-// (SumDuplicateRows).
+// half the cache of int64_t (measured 2% faster with 65,536 ids, 8% with
+// 10^6), for any batch of fewer than 2^31 ids (SumDuplicateRows);
+// tests/test_sum_duplicates.py runs both on the same batches.
 template <typename Row, typename T, typename Tindex>
 void SumDuplicateRowsIndexedBy(const Tindex* ids, int64_t n, const T* grad, const T* hess,
                                int64_t d, SummedRows<T, Tindex>* out, int64_t part,
