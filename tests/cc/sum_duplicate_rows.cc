@@ -23,7 +23,8 @@ template <typename T>
 bool ReadAll(const char* path, std::vector<T>* out) {
   FILE* f = std::fopen(path, "rb");
   if (f == nullptr) return false;
-  const size_t got = std::fread(out->data(), sizeof(T), out->size(), f);
+  // An empty vector's data() may be null, which fread must not get.
+  const size_t got = out->empty() ? 0 : std::fread(out->data(), sizeof(T), out->size(), f);
   std::fclose(f);
   return got == out->size();
 }
@@ -39,6 +40,7 @@ void WriteParts(const std::vector<int64_t>& ids, const std::vector<T>& grad, int
                                                 parts);
     const int64_t count = rows.size();
     std::fwrite(&count, sizeof(count), 1, out);
+    if (count == 0) continue;  // nothing more, and data() may be null
     std::fwrite(rows.ids.data(), sizeof(int64_t), count, out);
     std::fwrite(rows.values.data(), sizeof(T), count * d, out);
   }
