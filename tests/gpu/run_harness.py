@@ -2,6 +2,10 @@
 
     python tests/gpu/run_harness.py            # build, check every rule, benchmark
     python tests/gpu/run_harness.py --build-only
+    python tests/gpu/run_harness.py --arch native --out DIR   # for this machine's GPU only
+    python tests/gpu/run_harness.py --lib DIR/libgl_gpu_harness.so --no-benchmark
+
+(tests/gpu/device_check.sh runs these on a lent GPU machine.)
 
 Needs nvcc and, to run, an NVIDIA GPU; not TensorFlow. The device code is
 cc/group_lasso/gpu_apply.cuh, the code the TensorFlow GPU kernels launch.
@@ -53,6 +57,7 @@ def build_command(out_dir=None, gencode=GENCODE):
 def build(out_dir=None, gencode=GENCODE):
     """Compiles harness.cu into a shared library; returns its path."""
     cmd, out = build_command(out_dir, gencode)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError("nvcc failed:\n" + proc.stderr[-5000:])
@@ -275,9 +280,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--out", help="directory for the built library")
+    parser.add_argument("--arch", choices=["all", "native"], default="all",
+                        help="all: TensorFlow's CUDA architectures (GENCODE); native: only "
+                        "this machine's GPU (nvcc -arch=native), a third of the build time")
+    parser.add_argument("--lib", help="a library built before (no build)")
+    parser.add_argument("--no-benchmark", action="store_true",
+                        help="the checks only (e.g. under compute-sanitizer)")
     args = parser.parse_args(argv)
-    path = build(args.out)
-    print(f"built {path}")
+    if args.lib:
+        path = args.lib
+    else:
+        path = build(args.out, GENCODE if args.arch == "all" else ["-arch=native"])
+        print(f"built {path}")
     if args.build_only:
         return 0
     lib = load(path)
@@ -305,6 +319,8 @@ def main(argv=None):
                   f"{err:>12.2e}{'' if err <= tol else '  FAIL (tolerance %g)' % tol}")
     check_errors(lib, rng)
     print("out-of-range ids: error, nothing written (one table and several)")
+    if args.no_benchmark:
+        return 1 if failed else 0
     copy, table = benchmark(lib)
     print(f"\ndevice-to-device copy: {copy:.0f} GB/s")
     print(f"{'dim':>5}{'ids':>8}{'distinct':>10}{'ms':>9}{'GB/s':>8}{'of copy':>9}")
