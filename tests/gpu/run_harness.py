@@ -282,7 +282,7 @@ def main(argv=None):
     parser.add_argument("--out", help="directory for the built library")
     parser.add_argument("--arch", choices=["all", "native"], default="all",
                         help="all: TensorFlow's CUDA architectures (GENCODE); native: only "
-                        "this machine's GPU (nvcc -arch=native), a third of the build time")
+                        "this machine's GPU (nvcc -arch=native), a quicker build")
     parser.add_argument("--lib", help="a library built before (no build)")
     parser.add_argument("--no-benchmark", action="store_true",
                         help="the checks only (e.g. under compute-sanitizer)")
