@@ -25,7 +25,7 @@ pytestmark = pytest.mark.bench
 SCRIPTS = ["sparsity_target.py", "deepfm_e2e.py", "dynamic_stream.py", "strength_overhead.py",
            "adahessian_cost.py", "quality.py", "l21_sweep.py", "step_overhead.py",
            "dynamic_embedding.py", "steering_cost.py", "sparse_update.py", "embedding_fit.py",
-           "row_step.py", "dense_update.py"]
+           "row_step.py", "dense_update.py", "skewed_tables.py"]
 WRITES = ("quality.py", "sparsity_target.py", "l21_sweep.py")  # take --out DIR
 
 

@@ -90,6 +90,39 @@ def test_multi_table_step_equals_one_op_per_table(name, rng):
     assert any(not np.array_equal(w, t["init"]) for w, t in zip(weights, tables))
 
 
+@pytest.mark.parametrize("name", ["adam", "ftrl"])
+def test_a_table_with_most_of_the_ids_steps_like_one_op_per_table(name, rng):
+    """A table whose batch is most of a step's ids (a multi-hot field beside
+    one-hot ones): the one-table op splits a batch of 4,096 ids or more by
+    id hash between the intra-op threads, the multi-table op sums each table
+    whole; both sum in batch order, so the step is equal bit for bit."""
+    rows = int(rng.integers(300, 3000))
+    width = tuple(int(d) for d in rng.integers(1, 9, size=rng.integers(0, 2)))
+    dtype = ["float32", "float64"][int(rng.integers(2))]
+    index_dtype = [np.int32, np.int64][int(rng.integers(2))]
+    tables = [dict(name=f"table_{t}", index_dtype=index_dtype,
+                   init=rng.normal(size=(rows if t == 0 else int(rng.integers(1, 60)),) + width)
+                   .astype(dtype))
+              for t in range(int(rng.integers(2, 5)))]
+    steps = []
+    for _ in range(int(rng.integers(2, 4))):
+        grads = []
+        for t, table in enumerate(tables):
+            table_rows = table["init"].shape[0]
+            n = int(rng.integers(2 * 2048, 10 * 2048)) if t == 0 else int(rng.integers(0, 200))
+            ids = np.minimum(rng.zipf(float(rng.uniform(1.1, 1.6)), size=n) - 1, table_rows - 1)
+            ids = rng.permutation(table_rows)[ids].astype(index_dtype)  # hot ids spread out
+            grads.append((rng.normal(size=(n,) + width).astype(dtype), ids))
+        steps.append(grads)
+    strengths = {"table_0": {"l21": float(rng.uniform(0, 0.05))}}
+    weights, slots, graph_ops = _train(name, tables, steps, True, strengths)
+    ref_weights, ref_slots, _ = _train(name, tables, steps, False, strengths)
+    assert any(op.endswith("Multi") for op in graph_ops), sorted(graph_ops)
+    for a, b in zip(weights + slots, ref_weights + ref_slots):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(weights[0], tables[0]["init"])
+
+
 def _hash_slot(ids, bits):
     """The slot cc/group_lasso/apply.h's SumDuplicateRows hashes an id to:
     the top `bits` bits of id * 0x9E3779B97F4A7C15 (mod 2^64)."""
