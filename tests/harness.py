@@ -21,6 +21,13 @@ BASE_HP = np_reference.BASE_HP
 hyper_list = np_reference.hyper_list
 
 
+def hash_id(ids):
+    """HashId of cc/group_lasso/apply.h, the hash the sparse ops group ids
+    by: id * 0x9E3779B97F4A7C15 mod 2^64 (Fibonacci hashing), as uint64."""
+    with np.errstate(over="ignore"):
+        return np.asarray(ids).astype(np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+
+
 def slot_names(rule):
     return np_reference.SLOTS[rule]
 

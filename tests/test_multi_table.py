@@ -17,6 +17,8 @@ import tensorflow as tf
 import group_lasso_tf as gl
 from group_lasso_tf import ops
 
+import harness
+
 pytestmark = pytest.mark.skipif(not ops.fused_available(), reason="op library not built")
 
 FACTORIES = {
@@ -125,9 +127,8 @@ def test_a_table_with_most_of_the_ids_steps_like_one_op_per_table(name, rng):
 
 def _hash_slot(ids, bits):
     """The slot cc/group_lasso/apply.h's SumDuplicateRows hashes an id to:
-    the top `bits` bits of id * 0x9E3779B97F4A7C15 (mod 2^64)."""
-    product = (np.asarray(ids, np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    return product >> np.uint64(64 - bits)
+    the top `bits` bits of its hash."""
+    return harness.hash_id(ids) >> np.uint64(64 - bits)
 
 
 @pytest.mark.parametrize("name", ["adam", "ftrl"])
