@@ -5,12 +5,13 @@
 #
 #   bash tests/gpu/device_check.sh      # logs in $OUT (or /tmp/gl_device); about 5 minutes
 #
-# Needs nvcc, python3 with NumPy, and an NVIDIA GPU; not TensorFlow. The lent
-# machines have no TensorFlow, and a call carries at most 64 MiB, less than
-# TensorFlow's GPU wheel: so the TensorFlow GPU kernels are compiled in CI
-# (tests/gpu/test_cuda_build.py) but cannot run there, and the harness runs
-# their device code (cc/group_lasso/gpu_apply.cuh) without TensorFlow.
-# Exits non-zero if a check fails or memcheck reports an error.
+# Needs nvcc, python3 with NumPy, and an NVIDIA GPU; not TensorFlow: the
+# harness runs the device code of the TensorFlow GPU kernels
+# (cc/group_lasso/gpu_apply.cuh) on its own, so this runs on a GPU machine
+# where TensorFlow cannot be installed (the GPU machines this project is lent
+# have none; docs/benchmarks.md, "GPU kernels"). The TensorFlow kernels
+# themselves are compiled and linked by tests/gpu/test_cuda_build.py.
+# Exits non-zero if a check fails, memcheck reports an error, or no GPU is seen.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/gl_device}
